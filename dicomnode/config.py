@@ -1,0 +1,289 @@
+"""One typed, validated Settings object for the whole node.
+
+Source order (first wins): CLI flags (passed as ``overrides``) > environment
+(``DICOMNODE_`` prefix, ``__`` between nested names, e.g. ``DICOMNODE_DICOM__PORT``)
+> TOML file (``--config`` or ``DICOMNODE_CONFIG``) > defaults.
+
+Only ``cli`` calls :func:`load_settings`; everything else receives the
+sub-settings it needs as an argument.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from dicomnode.errors import ConfigError
+
+_HHMM_RANGE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
+
+
+def validate_ae_title(value: str) -> str:
+    """AE title rules of PS3.5 (as pynetdicom ``_validators.validate_ae``).
+
+    1 to 16 characters of printable ASCII, no backslash, not all spaces.
+
+    Raises:
+        ValueError: the title breaks one of the rules.
+    """
+    if not 1 <= len(value) <= 16:
+        raise ValueError(f"AE title {value!r} must be 1 to 16 characters")
+    if not value.strip():
+        raise ValueError("AE title must not be only spaces")
+    if "\\" in value or any(not (0x20 <= ord(ch) < 0x7F) for ch in value):
+        raise ValueError(f"AE title {value!r} must be printable ASCII without backslash")
+    return value
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DicomSettings(_Group):
+    """The node's own DICOM application entity (the receiving side)."""
+
+    ae_title: str = "DICOMNODE"
+    port: int = Field(default=11112, ge=1, le=65535)
+    bind_address: str = "127.0.0.1"
+    allowed_calling_aets: list[str] = Field(
+        default_factory=list, description="empty = any calling AE may associate"
+    )
+    require_called_ae_title: bool = True
+    max_associations: int = Field(default=16, ge=1, le=1000)
+    acse_timeout_s: float = Field(default=30.0, gt=0)
+    dimse_timeout_s: float = Field(default=60.0, gt=0)
+    network_timeout_s: float = Field(default=60.0, gt=0)
+    maximum_pdu_size: int = Field(default=262144, ge=0)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _check_ae(cls, value: str) -> str:
+        return validate_ae_title(value)
+
+    @field_validator("allowed_calling_aets", mode="before")
+    @classmethod
+    def _split_aets(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("allowed_calling_aets")
+    @classmethod
+    def _check_aets(cls, value: list[str]) -> list[str]:
+        return [validate_ae_title(v) for v in value]
+
+
+class DestinationSettings(_Group):
+    """Where results are sent with C-STORE. ``host=None`` keeps results local only."""
+
+    ae_title: str = "PACS"
+    host: str | None = None
+    port: int = Field(default=104, ge=1, le=65535)
+    calling_ae_title: str | None = Field(
+        default=None, description="our AE title as SCU; None = dicom.ae_title"
+    )
+    max_attempts: int = Field(default=20, ge=1)
+    retry_backoff_s: float = Field(default=10.0, gt=0, description="first retry delay, doubled each try")
+    retry_backoff_max_s: float = Field(default=600.0, gt=0)
+    timeout_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _check_ae(cls, value: str) -> str:
+        return validate_ae_title(value)
+
+    @property
+    def enabled(self) -> bool:
+        """True when a destination host is configured."""
+        return self.host is not None
+
+    @staticmethod
+    def parse(spec: str) -> dict[str, Any]:
+        """Parse ``AET@HOST:PORT`` (IPv6 hosts in brackets: ``AET@[::1]:104``).
+
+        Raises:
+            ValueError: the text is not of that form.
+        """
+        match = re.fullmatch(r"(?P<ae>[^@]+)@(?:\[(?P<h6>[^\]]+)\]|(?P<h>[^:]+)):(?P<port>\d+)", spec)
+        if match is None:
+            raise ValueError(f"destination {spec!r} is not of the form AET@HOST:PORT")
+        return {
+            "ae_title": validate_ae_title(match["ae"]),
+            "host": match["h6"] or match["h"],
+            "port": int(match["port"]),
+        }
+
+
+class StoreSettings(_Group):
+    """Where received and produced files and the queue database live."""
+
+    data_dir: Path = Path("dicomnode-data")
+    db_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; None = SQLite file data_dir/dicomnode.sqlite3"
+    )
+
+    def resolved_db_url(self) -> str:
+        """The database URL in effect."""
+        if self.db_url:
+            return self.db_url
+        return f"sqlite:///{(self.data_dir / 'dicomnode.sqlite3').resolve()}"
+
+
+class SchedulerSettings(_Group):
+    """When studies become ready and how batches are run."""
+
+    interval_s: float = Field(default=5.0, gt=0, description="batch job period")
+    stable_after_s: float = Field(default=10.0, gt=0, description="quiet time before a study is ready")
+    batch_size: int = Field(default=8, ge=1, description="studies claimed per batch run")
+    lease_s: float = Field(default=600.0, gt=0, description="RUNNING jobs older than this are re-queued")
+    max_attempts: int = Field(default=3, ge=1, description="inference attempts before FAILED")
+    retry_backoff_s: float = Field(default=30.0, ge=0, description="delay before a failed job is retried")
+    batch_windows: list[str] = Field(
+        default_factory=list,
+        description='local-time windows "HH:MM-HH:MM" when batches may run; empty = always',
+    )
+
+    @field_validator("batch_windows", mode="before")
+    @classmethod
+    def _split_windows(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("batch_windows")
+    @classmethod
+    def _check_windows(cls, value: list[str]) -> list[str]:
+        for window in value:
+            if not _HHMM_RANGE.match(window):
+                raise ValueError(f"batch window {window!r} is not HH:MM-HH:MM")
+        return value
+
+
+class ModelSettings(_Group):
+    """Which model serves and where it runs."""
+
+    name: str = Field(default="default", description="registry name or path to a manifest")
+    device: str = Field(default="auto", description='"auto" (CUDA if present), "cpu", "cuda", "cuda:1"')
+    batch_size: int = Field(default=8, ge=1, description="images per forward pass")
+    explain: Literal["all", "positive"] = Field(
+        default="all", description='Grad-CAM for every image or only for positive findings'
+    )
+    thresholds: dict[str, float] = Field(
+        default_factory=dict, description="per-label overrides of the manifest thresholds"
+    )
+
+    @field_validator("thresholds")
+    @classmethod
+    def _check_thresholds(cls, value: dict[str, float]) -> dict[str, float]:
+        for label, threshold in value.items():
+            if not 0.0 <= threshold <= 1.0:
+                raise ValueError(f"threshold for {label!r} must lie in [0, 1]")
+        return value
+
+
+class OutputSettings(_Group):
+    """How result objects are labelled."""
+
+    manufacturer: str = "dicomnode"
+    institution_name: str | None = None
+    sc_series_description: str = "AI heatmap - not for diagnostic use"
+    sr_series_description: str = "AI findings - not for diagnostic use"
+    content_qualification: Literal["RESEARCH", "PRODUCT", "DEVELOPMENT"] = "RESEARCH"
+    sc_series_number: int = Field(default=9901, ge=1)
+    sr_series_number: int = Field(default=9902, ge=1)
+    max_heatmap_side: int = Field(default=1024, ge=64, le=4096, description="pixels, long side of the SC")
+
+
+class Settings(BaseSettings):
+    """All of the node's settings; see the module docstring for the source order."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DICOMNODE_", env_nested_delimiter="__", extra="forbid", protected_namespaces=()
+    )
+
+    dicom: DicomSettings = Field(default_factory=DicomSettings)
+    destination: DestinationSettings = Field(default_factory=DestinationSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    outputs: OutputSettings = Field(default_factory=OutputSettings)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _distinct_calling_ae(self) -> Settings:
+        if self.destination.calling_ae_title is not None:
+            validate_ae_title(self.destination.calling_ae_title)
+        return self
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_settings(config_file: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Build the Settings in effect.
+
+    Args:
+        config_file: TOML file; None = ``$DICOMNODE_CONFIG`` if set, else no file.
+        overrides: nested dict of values given on the command line (highest priority);
+            ``None`` values are dropped so an absent flag never hides env or file values.
+
+    Raises:
+        ConfigError: the file is missing or a value is invalid (the message lists each).
+    """
+    path = config_file or (Path(os.environ["DICOMNODE_CONFIG"]) if os.environ.get("DICOMNODE_CONFIG") else None)
+    if path is not None and not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+
+    class _Sourced(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+            if path is not None:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+            return tuple(sources)
+
+    cleaned = _drop_none(overrides or {})
+    try:
+        sourced = _Sourced(**cleaned)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc)) from exc
+    return Settings.model_validate(sourced.model_dump())
+
+
+def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            inner = _drop_none(value)
+            if inner:
+                out[key] = inner
+        elif value is not None:
+            out[key] = value
+    return out
+
+
+def _format_validation_error(exc: ValidationError) -> str:
+    lines = ["invalid configuration:"]
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"])
+        lines.append(f"  {where}: {error['msg']}")
+    return "\n".join(lines)

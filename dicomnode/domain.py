@@ -1,0 +1,90 @@
+"""Small immutable values passed between stages: states, predictions, model identity."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class JobState(StrEnum):
+    """Life cycle of one study's inference job; the database row is the source of truth.
+
+    RECEIVED -> READY (study stable) -> RUNNING (claimed) -> DONE (results written)
+    -> SENT (every result acknowledged by the destination). SKIPPED: nothing usable
+    in the study. FAILED: attempts exhausted, ``last_error`` says why.
+    """
+
+    RECEIVED = "received"
+    READY = "ready"
+    RUNNING = "running"
+    DONE = "done"
+    SENT = "sent"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+class InstanceState(StrEnum):
+    """Whether a received instance is used for inference."""
+
+    ACCEPTED = "accepted"
+    SKIPPED = "skipped"
+
+
+class OutboxState(StrEnum):
+    """Delivery state of one produced result object."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+class ResultKind(StrEnum):
+    """Kind of a produced result object."""
+
+    HEATMAP_SC = "heatmap_sc"
+    FINDINGS_SR = "findings_sr"
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What identifies the model that produced a result (goes into SR TID 4019).
+
+    Attributes:
+        name: registry name, e.g. ``"default"`` or ``"vit-tiny-pneumonia"``.
+        version: manifest version string, e.g. ``"1.0.0"``.
+        architecture: timm architecture, e.g. ``"efficientnet_lite0"``.
+        weights_sha256: hex sha256 of the weights file.
+    """
+
+    name: str
+    version: str
+    architecture: str
+    weights_sha256: str
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The model's output for one image.
+
+    Attributes:
+        labels: finding names in model output order, e.g. ``("pneumonia",)``.
+        probabilities: sigmoid probability per label, each in [0, 1].
+        thresholds: decision threshold per label, each in [0, 1].
+    """
+
+    labels: tuple[str, ...]
+    probabilities: tuple[float, ...]
+    thresholds: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if not (len(self.labels) == len(self.probabilities) == len(self.thresholds)):
+            raise ValueError("labels, probabilities and thresholds must have the same length")
+
+    def is_positive(self, index: int) -> bool:
+        """True when label ``index`` reaches its threshold (probability >= threshold)."""
+        return self.probabilities[index] >= self.thresholds[index]
+
+    @property
+    def top_index(self) -> int:
+        """Index of the label reported and explained: the most probable one."""
+        return max(range(len(self.probabilities)), key=lambda i: self.probabilities[i])

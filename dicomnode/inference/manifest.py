@@ -1,0 +1,149 @@
+"""The model manifest: everything needed to rebuild, verify and explain a shipped model.
+
+A shipped model is a folder ``models/<name>/`` holding ``manifest.json`` and a
+safetensors weights file. The manifest is the contract between training
+(which writes it), evaluation and serving (which read it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from dicomnode.domain import ModelIdentity
+from dicomnode.errors import ModelError
+
+MANIFEST_FILENAME = "manifest.json"
+
+
+class Preprocessing(BaseModel):
+    """How DICOM or image pixels become the model's input tensor.
+
+    Attributes:
+        input_size: square side in pixels the image is resized to, e.g. 224.
+        in_chans: 1 (grayscale) or 3 (the gray image repeated on three channels).
+        mean: per-channel mean subtracted after scaling pixels to [0, 1].
+        std: per-channel std divided after subtracting the mean.
+        resize: ``"squash"`` resizes without keeping the aspect ratio (the Kermany
+            copies are squashed); ``"pad"`` letterboxes to a square first.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    input_size: int = Field(ge=16, le=2048)
+    in_chans: Literal[1, 3] = 3
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    resize: Literal["squash", "pad"] = "squash"
+
+    @model_validator(mode="after")
+    def _channels_match(self) -> Preprocessing:
+        if len(self.mean) != self.in_chans or len(self.std) != self.in_chans:
+            raise ValueError(f"mean and std need {self.in_chans} values each")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std values must be > 0")
+        return self
+
+
+class ModelManifest(BaseModel):
+    """Description of one trained model (``models/<name>/manifest.json``).
+
+    The model outputs one logit per label; probabilities are the sigmoid of the
+    logits for binary (one label) and multi-label heads alike.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+
+    name: str
+    version: str = "1.0.0"
+    architecture: str = Field(description="timm model name, e.g. efficientnet_lite0")
+    task: Literal["binary", "multilabel"] = "binary"
+    labels: tuple[str, ...] = Field(min_length=1)
+    thresholds: tuple[float, ...] = Field(description="one decision threshold per label")
+    threshold_policy: str = Field(default="youden", description="how thresholds were chosen")
+    preprocessing: Preprocessing
+    weights: str = Field(description="weights file name, relative to the manifest's folder")
+    weights_sha256: str
+    cam_target_layer: str | None = Field(
+        default=None, description="dotted module path for Grad-CAM; None = architecture default"
+    )
+    training_data: str = ""
+    validation_metrics: dict[str, float] = Field(default_factory=dict)
+    recipe: str = ""
+    description: str = ""
+
+    @field_validator("thresholds")
+    @classmethod
+    def _thresholds_in_range(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0.0 <= t <= 1.0 for t in value):
+            raise ValueError("thresholds must lie in [0, 1]")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelManifest:
+        if len(self.thresholds) != len(self.labels):
+            raise ValueError("one threshold per label is required")
+        if self.task == "binary" and len(self.labels) != 1:
+            raise ValueError("a binary model has exactly one label (the positive finding)")
+        return self
+
+    def identity(self) -> ModelIdentity:
+        """The identity written into result objects."""
+        return ModelIdentity(
+            name=self.name,
+            version=self.version,
+            architecture=self.architecture,
+            weights_sha256=self.weights_sha256,
+        )
+
+
+class LoadedManifest(BaseModel):
+    """A manifest together with the folder it was read from."""
+
+    model_config = ConfigDict(frozen=True, protected_namespaces=())
+
+    manifest: ModelManifest
+    folder: Path
+
+    @property
+    def weights_path(self) -> Path:
+        """Absolute path of the weights file."""
+        return self.folder / self.manifest.weights
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_manifest(path: Path) -> LoadedManifest:
+    """Read and validate a manifest file (or a folder holding ``manifest.json``).
+
+    Raises:
+        ModelError: the file is missing, not JSON, or not a valid manifest.
+    """
+    file = path / MANIFEST_FILENAME if path.is_dir() else path
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+        manifest = ModelManifest.model_validate(data)
+    except FileNotFoundError as exc:
+        raise ModelError(f"no model manifest at {file}") from exc
+    except (ValueError, OSError) as exc:
+        raise ModelError(f"invalid model manifest {file}: {exc}") from exc
+    return LoadedManifest(manifest=manifest, folder=file.parent.resolve())
+
+
+def write_manifest(manifest: ModelManifest, folder: Path) -> Path:
+    """Write ``manifest.json`` into ``folder`` (created if needed); returns its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    file = folder / MANIFEST_FILENAME
+    file.write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    return file
