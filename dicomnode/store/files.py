@@ -1,0 +1,100 @@
+"""On-disk layout of received and produced Part-10 files, written atomically.
+
+Paths are derived from the sha256 of the SOP Instance UID, never from the raw UID,
+so no UID (however hostile) can choose where a file lands:
+
+    <data_dir>/incoming/ab/cd/<sha256>.dcm      received instances
+    <data_dir>/results/ab/cd/<sha256>.dcm       produced SC / SR objects
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+from dicomnode.errors import StorageError
+
+
+class FileStore:
+    """The node's data folder.
+
+    Args:
+        data_dir: root folder; created when missing.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir.resolve()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+
+    def _hashed(self, area: str, uid: str) -> Path:
+        digest = hashlib.sha256(uid.encode("ascii", "replace")).hexdigest()
+        return self.data_dir / area / digest[:2] / digest[2:4] / f"{digest}.dcm"
+
+    def incoming_path(self, sop_instance_uid: str) -> Path:
+        """Absolute path for a received instance."""
+        return self._hashed("incoming", sop_instance_uid)
+
+    def result_path(self, sop_instance_uid: str) -> Path:
+        """Absolute path for a produced result object."""
+        return self._hashed("results", sop_instance_uid)
+
+    def write_atomic(self, path: Path, data: bytes | memoryview) -> None:
+        """Write ``data`` to ``path`` all at once or not at all.
+
+        A temporary file in the same folder is written, fsynced and renamed over
+        ``path``; on any failure the temporary file is removed.
+
+        Raises:
+            StorageError: the folder cannot be created or the write fails (disk full, ...).
+        """
+        self._check_inside(path)
+        tmp_name: str | None = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".partial-", suffix=".tmp")
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp_name, path)
+            tmp_name = None
+        except OSError as exc:
+            raise StorageError(f"cannot write {self.relative(path)}: {exc.strerror or exc}") from exc
+        finally:
+            if tmp_name is not None:
+                Path(tmp_name).unlink(missing_ok=True)
+
+    def relative(self, path: Path) -> str:
+        """``path`` relative to the data folder (what the database stores)."""
+        return str(path.resolve().relative_to(self.data_dir))
+
+    def absolute(self, relative: str) -> Path:
+        """Absolute path of a database-stored relative path.
+
+        Raises:
+            StorageError: the path would leave the data folder.
+        """
+        path = (self.data_dir / relative).resolve()
+        self._check_inside(path)
+        return path
+
+    def remove(self, path: Path) -> None:
+        """Delete a file if it exists."""
+        self._check_inside(path)
+        path.unlink(missing_ok=True)
+
+    def remove_partials(self) -> int:
+        """Delete temporary files left by a crash mid-write; returns how many."""
+        count = 0
+        for area in ("incoming", "results"):
+            for leftover in (self.data_dir / area).glob("*/*/.partial-*.tmp"):
+                leftover.unlink(missing_ok=True)
+                count += 1
+        return count
+
+    def _check_inside(self, path: Path) -> None:
+        resolved = path.resolve()
+        if resolved != self.data_dir and self.data_dir not in resolved.parents:
+            raise StorageError(f"refusing to touch {path}: outside the data folder")

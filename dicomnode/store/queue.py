@@ -1,0 +1,426 @@
+"""Transactional queue operations on the database rows.
+
+Every function takes an open ``Session`` and never commits: callers wrap a unit of
+work in ``with sessionmaker.begin() as session:``. SQLite transactions begin
+IMMEDIATE (see ``db.py``) and PostgreSQL claims use ``FOR UPDATE SKIP LOCKED``,
+so several workers can share one database. Times are naive UTC datetimes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from dicomnode.domain import InstanceState, JobState, OutboxState, ResultKind
+from dicomnode.store.models import Instance, Job, Result, Study
+
+#: Jobs that may still take new instances of their study.
+_OPEN_STATES = (JobState.RECEIVED, JobState.READY)
+
+
+def utcnow() -> datetime:
+    """Current time as naive UTC (how the database stores times)."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+@dataclass(frozen=True)
+class ClaimedInstance:
+    """An accepted instance of a claimed job."""
+
+    sop_instance_uid: str
+    path: str
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """A job claimed for processing by one worker."""
+
+    job_id: int
+    study_instance_uid: str
+    claimed_at: datetime
+    instances: tuple[ClaimedInstance, ...]
+
+
+@dataclass(frozen=True)
+class NewResult:
+    """A produced result object, already written under the data folder."""
+
+    kind: ResultKind
+    sop_instance_uid: str
+    sop_class_uid: str
+    path: str
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    """A result waiting to be sent."""
+
+    result_id: int
+    job_id: int
+    kind: ResultKind
+    sop_instance_uid: str
+    path: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class StatusSummary:
+    """What ``dicomnode status`` shows."""
+
+    jobs: dict[str, int]
+    instances: dict[str, int]
+    results: dict[str, int]
+    pending_sends: list[dict[str, object]] = field(default_factory=list)
+    recent_failures: list[dict[str, object]] = field(default_factory=list)
+    recent_skips: list[dict[str, object]] = field(default_factory=list)
+
+
+def instance_exists(session: Session, sop_instance_uid: str) -> bool:
+    """True when an instance with this SOP Instance UID was already recorded."""
+    return session.get(Instance, sop_instance_uid) is not None
+
+
+def record_instance(
+    session: Session,
+    *,
+    study_instance_uid: str,
+    series_instance_uid: str,
+    sop_instance_uid: str,
+    sop_class_uid: str,
+    path: str,
+    state: InstanceState,
+    skip_reason: str | None,
+    calling_ae_title: str,
+    now: datetime,
+) -> bool:
+    """Record a received instance and attach it to its study's open job.
+
+    The open job is the study's RECEIVED or READY job; a READY job goes back to
+    RECEIVED so the study's quiet period starts again. When the study has no open
+    job (none yet, or the last one was claimed already) a new RECEIVED job is made.
+
+    Returns:
+        True when recorded; False when the SOP Instance UID is already known
+        (a duplicate: nothing changes, one instance, one result set).
+    """
+    if instance_exists(session, sop_instance_uid):
+        return False
+    study = session.get(Study, study_instance_uid)
+    if study is None:
+        study = Study(study_instance_uid=study_instance_uid, first_received_at=now, last_received_at=now)
+        session.add(study)
+    else:
+        study.last_received_at = now
+    job = session.scalars(
+        select(Job)
+        .where(Job.study_instance_uid == study_instance_uid, Job.state.in_(_OPEN_STATES))
+        .order_by(Job.id.desc())
+        .limit(1)
+    ).first()
+    if job is None:
+        job = Job(study_instance_uid=study_instance_uid, state=JobState.RECEIVED, created_at=now, last_instance_at=now)
+        session.add(job)
+        session.flush()
+    else:
+        job.state = JobState.RECEIVED
+        job.last_instance_at = now
+        job.ready_at = None
+    session.add(
+        Instance(
+            sop_instance_uid=sop_instance_uid,
+            study_instance_uid=study_instance_uid,
+            series_instance_uid=series_instance_uid,
+            sop_class_uid=sop_class_uid,
+            path=path,
+            state=state,
+            skip_reason=skip_reason,
+            calling_ae_title=calling_ae_title,
+            received_at=now,
+            job_id=job.id,
+        )
+    )
+    session.flush()
+    return True
+
+
+def mark_stable(session: Session, *, stable_after_s: float, now: datetime) -> list[int]:
+    """Move RECEIVED jobs quiet for ``stable_after_s`` seconds to READY.
+
+    A job with no accepted instance goes to SKIPPED instead (its instances' skip
+    reasons say why).
+
+    Returns:
+        ids of the jobs that became READY.
+    """
+    cutoff = now - timedelta(seconds=stable_after_s)
+    jobs = session.scalars(
+        select(Job).where(Job.state == JobState.RECEIVED, Job.last_instance_at <= cutoff).order_by(Job.id)
+    ).all()
+    ready: list[int] = []
+    for job in jobs:
+        accepted = session.scalar(
+            select(func.count())
+            .select_from(Instance)
+            .where(Instance.job_id == job.id, Instance.state == InstanceState.ACCEPTED)
+        )
+        if accepted:
+            job.state = JobState.READY
+            job.ready_at = now
+            ready.append(job.id)
+        else:
+            job.state = JobState.SKIPPED
+            job.last_error = "no usable chest radiograph in the study"
+            job.finished_at = now
+    return ready
+
+
+def requeue_expired(session: Session, *, lease_s: float, now: datetime) -> int:
+    """Return RUNNING jobs whose lease expired (a crashed worker) to READY.
+
+    Returns:
+        how many jobs were re-queued.
+    """
+    cutoff = now - timedelta(seconds=lease_s)
+    result = session.execute(
+        update(Job)
+        .where(Job.state == JobState.RUNNING, Job.claimed_at < cutoff)
+        .values(state=JobState.READY, claimed_at=None, claimed_by=None, last_error="lease expired; re-queued")
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def claim_batch(session: Session, *, limit: int, now: datetime, worker: str) -> list[ClaimedJob]:
+    """Atomically claim up to ``limit`` READY jobs (oldest first) for ``worker``.
+
+    Jobs whose retry time (``not_before``) lies in the future are left alone.
+    """
+    query = (
+        select(Job)
+        .where(Job.state == JobState.READY, (Job.not_before.is_(None)) | (Job.not_before <= now))
+        .order_by(Job.ready_at, Job.id)
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    claimed: list[ClaimedJob] = []
+    for job in session.scalars(query).all():
+        job.state = JobState.RUNNING
+        job.claimed_at = now
+        job.claimed_by = worker
+        instances = session.scalars(
+            select(Instance)
+            .where(Instance.job_id == job.id, Instance.state == InstanceState.ACCEPTED)
+            .order_by(Instance.received_at, Instance.sop_instance_uid)
+        ).all()
+        claimed.append(
+            ClaimedJob(
+                job_id=job.id,
+                study_instance_uid=job.study_instance_uid,
+                claimed_at=now,
+                instances=tuple(ClaimedInstance(i.sop_instance_uid, i.path) for i in instances),
+            )
+        )
+    session.flush()
+    return claimed
+
+
+def _owned_running_job(session: Session, claim: ClaimedJob) -> Job | None:
+    job = session.get(Job, claim.job_id)
+    if job is None or job.state != JobState.RUNNING or job.claimed_at != claim.claimed_at:
+        return None
+    return job
+
+
+def complete_job(session: Session, claim: ClaimedJob, results: Sequence[NewResult], *, now: datetime) -> bool:
+    """Record a claimed job's results (outbox rows) and mark it DONE.
+
+    Returns:
+        False when the claim is no longer ours (the lease expired and the job was
+        re-queued or re-claimed): nothing is recorded, so results exist once.
+    """
+    job = _owned_running_job(session, claim)
+    if job is None:
+        return False
+    for item in results:
+        session.add(
+            Result(
+                job_id=job.id,
+                kind=item.kind,
+                sop_instance_uid=item.sop_instance_uid,
+                sop_class_uid=item.sop_class_uid,
+                path=item.path,
+                state=OutboxState.PENDING,
+                created_at=now,
+                next_attempt_at=now,
+            )
+        )
+    job.state = JobState.DONE if results else JobState.SKIPPED
+    job.finished_at = now
+    job.attempts += 1
+    if not results:
+        job.last_error = job.last_error or "no image of the study could be used"
+    else:
+        job.last_error = None
+    session.flush()
+    return True
+
+
+def skip_instance(session: Session, sop_instance_uid: str, reason: str) -> None:
+    """Mark an instance SKIPPED (found unusable during the batch) with a reason."""
+    instance = session.get(Instance, sop_instance_uid)
+    if instance is not None:
+        instance.state = InstanceState.SKIPPED
+        instance.skip_reason = reason
+
+
+def fail_job(
+    session: Session,
+    claim: ClaimedJob,
+    error: str,
+    *,
+    max_attempts: int,
+    backoff_s: float,
+    now: datetime,
+) -> JobState | None:
+    """Count a failed attempt: back to READY after a backoff, or FAILED when exhausted.
+
+    The backoff doubles with each attempt: ``backoff_s * 2**(attempts-1)``.
+
+    Returns:
+        the job's new state, or None when the claim is no longer ours.
+    """
+    job = _owned_running_job(session, claim)
+    if job is None:
+        return None
+    job.attempts += 1
+    job.last_error = error[:2000]
+    job.claimed_at = None
+    job.claimed_by = None
+    if job.attempts >= max_attempts:
+        job.state = JobState.FAILED
+        job.finished_at = now
+    else:
+        job.state = JobState.READY
+        job.not_before = now + timedelta(seconds=backoff_s * 2 ** (job.attempts - 1))
+    return job.state
+
+
+def due_results(session: Session, *, now: datetime, limit: int) -> list[OutboxItem]:
+    """PENDING results whose next attempt is due, oldest first."""
+    rows = session.scalars(
+        select(Result)
+        .where(Result.state == OutboxState.PENDING, Result.next_attempt_at <= now)
+        .order_by(Result.job_id, Result.id)
+        .limit(limit)
+    ).all()
+    return [OutboxItem(r.id, r.job_id, r.kind, r.sop_instance_uid, r.path, r.attempts) for r in rows]
+
+
+def mark_result_sent(session: Session, result_id: int, *, now: datetime) -> None:
+    """The destination acknowledged a result; the job becomes SENT with its last result."""
+    result = session.get(Result, result_id)
+    if result is None:
+        return
+    result.state = OutboxState.SENT
+    result.sent_at = now
+    result.attempts += 1
+    result.last_error = None
+    session.flush()
+    unsent = session.scalar(
+        select(func.count())
+        .select_from(Result)
+        .where(Result.job_id == result.job_id, Result.state != OutboxState.SENT)
+    )
+    if not unsent:
+        job = session.get(Job, result.job_id)
+        if job is not None and job.state == JobState.DONE:
+            job.state = JobState.SENT
+
+
+def mark_result_failed(
+    session: Session,
+    result_id: int,
+    error: str,
+    *,
+    max_attempts: int,
+    backoff_s: float,
+    backoff_max_s: float,
+    now: datetime,
+) -> OutboxState:
+    """Count a failed send: retry later with a doubling backoff, or FAILED when exhausted."""
+    result = session.get(Result, result_id)
+    if result is None:
+        return OutboxState.FAILED
+    result.attempts += 1
+    result.last_error = error[:2000]
+    if result.attempts >= max_attempts:
+        result.state = OutboxState.FAILED
+    else:
+        delay = min(backoff_s * 2 ** (result.attempts - 1), backoff_max_s)
+        result.next_attempt_at = now + timedelta(seconds=delay)
+    return result.state
+
+
+def retry_failed_results(session: Session, *, now: datetime) -> int:
+    """Put FAILED results back to PENDING (operator action); returns how many."""
+    result = session.execute(
+        update(Result)
+        .where(Result.state == OutboxState.FAILED)
+        .values(state=OutboxState.PENDING, attempts=0, next_attempt_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def _counts(session: Session, column: object) -> dict[str, int]:
+    rows = session.execute(select(column, func.count()).group_by(column)).all()  # type: ignore[call-overload]
+    return {str(state.value if hasattr(state, "value") else state): int(n) for state, n in rows}
+
+
+def status_summary(session: Session, *, recent: int = 10) -> StatusSummary:
+    """Counts per state, the pending outbox with reasons, recent failures and skips."""
+    pending = session.scalars(
+        select(Result).where(Result.state == OutboxState.PENDING).order_by(Result.id).limit(recent)
+    ).all()
+    failed_jobs = session.scalars(
+        select(Job).where(Job.state == JobState.FAILED).order_by(Job.finished_at.desc()).limit(recent)
+    ).all()
+    failed_results = session.scalars(
+        select(Result).where(Result.state == OutboxState.FAILED).order_by(Result.id.desc()).limit(recent)
+    ).all()
+    skipped = session.scalars(
+        select(Instance).where(Instance.state == InstanceState.SKIPPED).order_by(Instance.received_at.desc()).limit(recent)
+    ).all()
+    failures: list[dict[str, object]] = [
+        {"what": "job", "job_id": j.id, "study_instance_uid": j.study_instance_uid, "attempts": j.attempts, "error": j.last_error}
+        for j in failed_jobs
+    ] + [
+        {"what": "send", "job_id": r.job_id, "sop_instance_uid": r.sop_instance_uid, "attempts": r.attempts, "error": r.last_error}
+        for r in failed_results
+    ]
+    return StatusSummary(
+        jobs=_counts(session, Job.state),
+        instances=_counts(session, Instance.state),
+        results=_counts(session, Result.state),
+        pending_sends=[
+            {
+                "job_id": r.job_id,
+                "kind": r.kind.value,
+                "sop_instance_uid": r.sop_instance_uid,
+                "attempts": r.attempts,
+                "next_attempt_at": r.next_attempt_at.isoformat(timespec="seconds"),
+                "last_error": r.last_error,
+            }
+            for r in pending
+        ],
+        recent_failures=failures,
+        recent_skips=[
+            {"sop_instance_uid": i.sop_instance_uid, "study_instance_uid": i.study_instance_uid, "reason": i.skip_reason}
+            for i in skipped
+        ],
+    )
