@@ -1,0 +1,139 @@
+"""Wiring of a serving node: settings -> database -> receiver -> model -> scheduler.
+
+``dicomnode serve`` builds a :class:`Node`, starts it and blocks until SIGTERM or
+SIGINT. Tests build one in-process the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from dicomnode.config import Settings
+from dicomnode.store.db import make_engine, make_sessionmaker
+from dicomnode.store.files import FileStore
+
+if TYPE_CHECKING:
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from dicomnode.inference.runner import ModelRunner
+    from dicomnode.scheduling import NodeWorker
+
+logger = logging.getLogger(__name__)
+
+
+def load_runner(settings: Settings) -> ModelRunner:
+    """Resolve and load the configured model (weights verified against the manifest).
+
+    Raises:
+        ModelError: the model cannot be found, loaded or verified.
+    """
+    from dicomnode.inference.registry import resolve_manifest
+    from dicomnode.inference.runner import ModelRunner
+
+    loaded = resolve_manifest(settings.model.name)
+    return ModelRunner.from_loaded(loaded, device=settings.model.device, thresholds=settings.model.thresholds or None)
+
+
+class Node:
+    """A receiver and a batch worker sharing one database and data folder.
+
+    Args:
+        settings: the merged settings.
+        runner: an already loaded model (tests); None = load ``settings.model``.
+        run_worker: start the scheduler (False: receive only).
+    """
+
+    def __init__(self, settings: Settings, runner: ModelRunner | None = None, *, run_worker: bool = True) -> None:
+        self.settings = settings
+        self.runner = runner
+        self.run_worker = run_worker
+        self.engine = make_engine(settings.store)
+        self.sessions = make_sessionmaker(self.engine)
+        self.files = FileStore(settings.store.data_dir)
+        self.server: Any = None
+        self.scheduler: BackgroundScheduler | None = None
+        self.worker: NodeWorker | None = None
+
+    def start(self) -> None:
+        """Load the model, start the scheduler, then open the DICOM port.
+
+        Raises:
+            ModelError: the model cannot be loaded (nothing is left running).
+            OSError: the port cannot be bound.
+        """
+        from dicomnode.pipeline import PipelineOptions
+        from dicomnode.receiving.handlers import ReceiveContext
+        from dicomnode.receiving.scp import start_scp
+        from dicomnode.scheduling import NodeWorker, start_scheduler
+        from dicomnode.store.queue import utcnow
+
+        removed = self.files.remove_partials()
+        if removed:
+            logger.info("removed %d partial file(s) left by an earlier crash", removed)
+        if self.run_worker:
+            if self.runner is None:
+                self.runner = load_runner(self.settings)
+            identity = self.runner.identity
+            logger.info("model %s v%s (%s) loaded", identity.name, identity.version, identity.architecture)
+            options = PipelineOptions(
+                outputs=self.settings.outputs,
+                model_batch_size=self.settings.model.batch_size,
+                explain=self.settings.model.explain,
+            )
+            self.worker = NodeWorker(
+                self.sessions,
+                self.files,
+                self.runner,
+                self.settings.scheduler,
+                self.settings.destination,
+                self.settings.destination.calling_ae_title or self.settings.dicom.ae_title,
+                options,
+            )
+            self.scheduler = start_scheduler(self.worker, self.settings.scheduler)
+        context = ReceiveContext(files=self.files, sessions=self.sessions, clock=utcnow)
+        try:
+            self.server = start_scp(self.settings.dicom, context, block=False)
+        except Exception:
+            self.stop()
+            raise
+        dicom = self.settings.dicom
+        logger.info("listening as %s on %s:%d", dicom.ae_title, dicom.bind_address, dicom.port)
+
+    def stop(self) -> None:
+        """Close the DICOM port first (no new work), then stop the scheduler."""
+        if self.server is not None:
+            self.server.shutdown()
+            self.server = None
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=True)
+            self.scheduler = None
+        self.engine.dispose()
+
+
+def serve_forever(settings: Settings) -> None:
+    """Run a node until SIGTERM or SIGINT, then shut it down cleanly.
+
+    Raises:
+        ModelError: the model cannot be loaded.
+        OSError: the DICOM port cannot be bound.
+    """
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: FrameType | None) -> None:
+        logger.info("signal %d received: shutting down", signum)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    node = Node(settings)
+    try:
+        node.start()
+        while not stop.wait(1.0):
+            pass
+    finally:
+        node.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,222 @@
+"""Periodic work of a serving node, run by an APScheduler 3.x BackgroundScheduler.
+
+Two jobs, each ``max_instances=1, coalesce=True``:
+
+- ``batch`` every ``interval_s``: re-queue expired leases, mark quiet studies READY,
+  claim up to ``batch_size`` jobs, run the pipeline, record outcomes, then send
+  what is due (so a result leaves as soon as it exists).
+- ``send`` every ``interval_s``: retry due outbox entries (destination back up).
+
+All state lives in the database; :class:`NodeWorker` holds only handles, so the
+receiver and this worker can run in separate processes on one database.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, time
+from typing import TYPE_CHECKING
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicomnode.config import DestinationSettings, SchedulerSettings
+from dicomnode.pipeline import PipelineOptions, process_jobs
+from dicomnode.store import queue
+from dicomnode.store.files import FileStore
+
+if TYPE_CHECKING:
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from dicomnode.inference.runner import ModelRunner
+
+logger = logging.getLogger(__name__)
+
+
+def in_windows(windows: list[str], moment: time) -> bool:
+    """True when ``moment`` lies in one of the "HH:MM-HH:MM" windows (or none are set).
+
+    A window whose end is before its start wraps past midnight ("22:00-06:00").
+    """
+    if not windows:
+        return True
+    for window in windows:
+        start_text, end_text = window.split("-")
+        start = time.fromisoformat(start_text)
+        end = time.fromisoformat(end_text)
+        if start <= end:
+            if start <= moment < end:
+                return True
+        elif moment >= start or moment < end:
+            return True
+    return False
+
+
+@dataclass
+class TickReport:
+    """What one batch tick did (for logs and tests)."""
+
+    requeued: int = 0
+    ready: int = 0
+    claimed: int = 0
+    done: int = 0
+    failed: int = 0
+    sent: int = 0
+    send_failed: int = 0
+
+
+class NodeWorker:
+    """Runs batches and sends results; every step is a short database transaction.
+
+    Args:
+        sessions: session factory of the queue database.
+        files: the data folder.
+        runner: the loaded model.
+        scheduler: batch and retry settings.
+        destination: where results go (``host=None``: results stay in the outbox).
+        calling_ae_title: our AE title when sending.
+        options: pipeline options.
+        clock: returns naive UTC now (tests pass a fake one).
+        local_clock: returns local wall time, for batch windows.
+    """
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        files: FileStore,
+        runner: ModelRunner,
+        scheduler: SchedulerSettings,
+        destination: DestinationSettings,
+        calling_ae_title: str,
+        options: PipelineOptions,
+        clock: Callable[[], datetime] = queue.utcnow,
+        local_clock: Callable[[], datetime] = datetime.now,
+    ) -> None:
+        self.sessions = sessions
+        self.files = files
+        self.runner = runner
+        self.scheduler = scheduler
+        self.destination = destination
+        self.calling_ae_title = calling_ae_title
+        self.options = options
+        self.clock = clock
+        self.local_clock = local_clock
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
+        self._lock = threading.Lock()
+
+    def tick(self) -> TickReport:
+        """Sweep, claim and process one batch, then send what is due."""
+        report = TickReport()
+        with self._lock:
+            now = self.clock()
+            with self.sessions.begin() as session:
+                report.requeued = queue.requeue_expired(session, lease_s=self.scheduler.lease_s, now=now)
+                report.ready = len(queue.mark_stable(session, stable_after_s=self.scheduler.stable_after_s, now=now))
+            if in_windows(self.scheduler.batch_windows, self.local_clock().time()):
+                self._run_batch(report)
+            self._send_due(report)
+        return report
+
+    def send_due(self) -> TickReport:
+        """Send due outbox entries only (the retry job)."""
+        report = TickReport()
+        with self._lock:
+            self._send_due(report)
+        return report
+
+    def _run_batch(self, report: TickReport) -> None:
+        with self.sessions.begin() as session:
+            claims = queue.claim_batch(
+                session, limit=self.scheduler.batch_size, now=self.clock(), worker=self.worker_id
+            )
+        report.claimed = len(claims)
+        if not claims:
+            return
+        outcomes = process_jobs(claims, self.runner, self.files, self.options)
+        for outcome in outcomes:
+            with self.sessions.begin() as session:
+                for sop_uid, reason in outcome.skipped.items():
+                    queue.skip_instance(session, sop_uid, reason)
+                now = self.clock()
+                if outcome.error is None:
+                    if queue.complete_job(session, outcome.claim, outcome.results, now=now):
+                        report.done += 1
+                    else:
+                        logger.warning("job %d: claim lost before completion; results discarded", outcome.claim.job_id)
+                        self._discard(outcome.results)
+                else:
+                    state = queue.fail_job(
+                        session,
+                        outcome.claim,
+                        outcome.error,
+                        max_attempts=self.scheduler.max_attempts,
+                        backoff_s=self.scheduler.retry_backoff_s,
+                        now=now,
+                    )
+                    report.failed += 1
+                    logger.warning("job %d: attempt failed (%s): %s", outcome.claim.job_id, state, outcome.error)
+
+    def _discard(self, results: list[queue.NewResult]) -> None:
+        for result in results:
+            self.files.remove(self.files.absolute(result.path))
+
+    def _send_due(self, report: TickReport) -> None:
+        from dicomnode.sending.scu import send_files
+
+        if not self.destination.enabled:
+            return
+        with self.sessions.begin() as session:
+            due = queue.due_results(session, now=self.clock(), limit=64)
+        if not due:
+            return
+        outcomes = send_files(self.destination, self.calling_ae_title, [self.files.absolute(i.path) for i in due])
+        with self.sessions.begin() as session:
+            now = self.clock()
+            for item, outcome in zip(due, outcomes):
+                if outcome.ok:
+                    queue.mark_result_sent(session, item.result_id, now=now)
+                    report.sent += 1
+                else:
+                    queue.mark_result_failed(
+                        session,
+                        item.result_id,
+                        outcome.error or "unknown send failure",
+                        max_attempts=self.destination.max_attempts,
+                        backoff_s=self.destination.retry_backoff_s,
+                        backoff_max_s=self.destination.retry_backoff_max_s,
+                        now=now,
+                    )
+                    report.send_failed += 1
+        if report.send_failed:
+            logger.warning("%d result(s) not accepted by the destination; will retry", report.send_failed)
+
+
+def _run_logged(step: Callable[[], TickReport], name: str) -> None:
+    try:
+        report = step()
+    except Exception:  # the scheduler thread must survive; the rows keep the truth
+        logger.exception("%s step failed; the next run will retry", name)
+        return
+    if report.claimed or report.sent or report.send_failed or report.requeued:
+        logger.info("%s: %s", name, report)
+
+
+def start_scheduler(worker: NodeWorker, settings: SchedulerSettings) -> BackgroundScheduler:
+    """Start the background scheduler running ``worker`` every ``interval_s`` seconds."""
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    scheduler = BackgroundScheduler(timezone="UTC")
+    scheduler.add_job(
+        _run_logged, "interval", seconds=settings.interval_s, args=[worker.tick, "batch"],
+        id="batch", max_instances=1, coalesce=True, next_run_time=datetime.now(UTC),
+    )
+    scheduler.add_job(
+        _run_logged, "interval", seconds=max(settings.interval_s, 1.0), args=[worker.send_due, "send"],
+        id="send", max_instances=1, coalesce=True,
+    )
+    scheduler.start()
+    return scheduler
