@@ -1,0 +1,57 @@
+"""Atomic, hash-addressed file store: nothing half-written, nothing outside the data folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dicomnode.errors import StorageError
+from dicomnode.store.files import FileStore
+
+
+def test_paths_are_hashed_and_inside(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    hostile = "../../etc/passwd\\..\n1.2.3"
+    path = store.incoming_path(hostile)
+    assert store.data_dir in path.parents
+    assert "passwd" not in str(path) and ".." not in path.parts
+    assert path != store.incoming_path("1.2.3")
+    assert store.result_path("1.2.3") != store.incoming_path("1.2.3")
+
+
+def test_write_atomic_round_trip_and_no_partials(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    path = store.incoming_path("1.2.3")
+    store.write_atomic(path, b"DICM" * 10)
+    assert path.read_bytes() == b"DICM" * 10
+    assert store.relative(path).startswith("incoming/")
+    assert store.absolute(store.relative(path)) == path
+    assert list(path.parent.glob(".partial-*")) == []
+
+
+def test_refuses_paths_outside(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "data")
+    with pytest.raises(StorageError):
+        store.write_atomic(tmp_path / "elsewhere.dcm", b"x")
+    with pytest.raises(StorageError):
+        store.absolute("../elsewhere.dcm")
+
+
+def test_failed_write_leaves_nothing(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    path = store.incoming_path("1.2.3")
+    path.parent.mkdir(parents=True)
+    path.mkdir()  # a directory where the file should go: os.replace fails
+    with pytest.raises(StorageError):
+        store.write_atomic(path, b"data")
+    assert list(path.parent.glob(".partial-*")) == []
+
+
+def test_remove_partials(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    leftover = store.data_dir / "incoming" / "ab" / "cd" / ".partial-x.tmp"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"half")
+    assert store.remove_partials() == 1
+    assert not leftover.exists()

@@ -1,0 +1,66 @@
+"""Settings: source order CLI > env > TOML > defaults, and validation errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dicomnode.config import DestinationSettings, load_settings
+from dicomnode.errors import ConfigError
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DICOMNODE_CONFIG", raising=False)
+    settings = load_settings()
+    assert settings.dicom.ae_title == "DICOMNODE"
+    assert settings.dicom.port == 11112
+    assert settings.dicom.bind_address == "127.0.0.1"
+    assert settings.outputs.content_qualification == "RESEARCH"
+    assert "not for diagnostic use" in settings.outputs.sc_series_description
+    assert settings.model.name == "default"
+
+
+def test_source_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text('[dicom]\nport = 2000\nae_title = "FROMFILE"\n[scheduler]\ninterval_s = 7\n')
+    monkeypatch.setenv("DICOMNODE_DICOM__PORT", "3000")
+    settings = load_settings(config, {"dicom": {"ae_title": "FROMCLI", "bind_address": None}})
+    assert settings.dicom.ae_title == "FROMCLI"  # CLI beats file
+    assert settings.dicom.port == 3000  # env beats file
+    assert settings.scheduler.interval_s == 7  # file beats default
+    assert settings.dicom.bind_address == "127.0.0.1"  # None flag = not given
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"dicom": {"ae_title": "A" * 17}},
+        {"dicom": {"ae_title": "BAD\\AE"}},
+        {"dicom": {"port": 70000}},
+        {"scheduler": {"stable_after_s": 0}},
+        {"scheduler": {"batch_windows": "25:00-26:00"}},
+        {"model": {"thresholds": {"pneumonia": 1.5}}},
+    ],
+)
+def test_invalid_values_stop_with_a_clear_message(overrides: dict[str, object]) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, overrides)
+    assert "invalid configuration" in str(info.value)
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.toml")
+
+
+def test_destination_parse() -> None:
+    assert DestinationSettings.parse("PACS@127.0.0.1:104") == {"ae_title": "PACS", "host": "127.0.0.1", "port": 104}
+    assert DestinationSettings.parse("ORTHANC@[::1]:4242")["host"] == "::1"
+    with pytest.raises(ValueError):
+        DestinationSettings.parse("PACS:104")
+
+
+def test_allowed_aets_from_comma_list() -> None:
+    settings = load_settings(None, {"dicom": {"allowed_calling_aets": "A, B"}})
+    assert settings.dicom.allowed_calling_aets == ["A", "B"]
