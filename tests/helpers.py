@@ -171,3 +171,44 @@ def make_cxr_dataset(
     if transfer_syntax == ImplicitVRLittleEndian:
         pass
     return ds
+
+
+def make_tiny_model(
+    folder: Path,
+    *,
+    architecture: str = "test_resnet",
+    labels: tuple[str, ...] = ("pneumonia",),
+    input_size: int = 64,
+    threshold: float = 0.5,
+    seed: int = 0,
+) -> Path:
+    """Write a random-weight timm model as a shipped-model folder (manifest + safetensors).
+
+    Returns:
+        the manifest path, usable wherever a model name or manifest path is accepted.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    from dicomnode.inference.manifest import ModelManifest, Preprocessing, sha256_file, write_manifest
+    from dicomnode.inference.registry import create_model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    draft = ModelManifest(
+        name=f"tiny-{architecture}",
+        version="0.0.1",
+        architecture=architecture,
+        task="binary" if len(labels) == 1 else "multilabel",
+        labels=labels,
+        thresholds=tuple(threshold for _ in labels),
+        preprocessing=Preprocessing(input_size=input_size, in_chans=3, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)),
+        weights="model.safetensors",
+        weights_sha256="0" * 64,
+        description="random weights, for tests only",
+    )
+    torch.manual_seed(seed)
+    model = create_model(draft)
+    weights = folder / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    manifest = draft.model_copy(update={"weights_sha256": sha256_file(weights)})
+    return write_manifest(manifest, folder)

@@ -1,0 +1,140 @@
+"""Real DICOM peers and a real node process for integration tests, each bounded in time."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.helpers import REPO_ROOT, dcmtk, free_port, wait_for_port
+
+
+@dataclass
+class StoreSCP:
+    """A DCMTK storescp writing what it receives into ``folder``."""
+
+    ae_title: str
+    port: int
+    folder: Path
+    process: subprocess.Popen[bytes]
+
+    @property
+    def spec(self) -> str:
+        return f"{self.ae_title}@127.0.0.1:{self.port}"
+
+    def files(self) -> list[Path]:
+        return sorted(p for p in self.folder.iterdir() if p.is_file())
+
+
+@contextmanager
+def run_storescp(folder: Path, ae_title: str = "PACS", port: int | None = None) -> Iterator[StoreSCP]:
+    """Run ``/usr/bin/storescp`` on 127.0.0.1 until the block ends."""
+    folder.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    process = subprocess.Popen(
+        [dcmtk("storescp"), "--aetitle", ae_title, "--output-directory", str(folder), "--accept-all", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for_port(port)
+        yield StoreSCP(ae_title, port, folder, process)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@dataclass
+class NodeProcess:
+    """A ``dicomnode serve`` subprocess."""
+
+    port: int
+    data_dir: Path
+    log: Path
+    process: subprocess.Popen[bytes]
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        return int(self.process.returncode)
+
+
+def start_node(data_dir: Path, args: list[str], *, port: int | None = None, log_name: str = "node.log") -> NodeProcess:
+    """Start ``python -m dicomnode serve`` on 127.0.0.1 and wait until it accepts connections."""
+    port = port or free_port()
+    log = data_dir.parent / log_name
+    handle = log.open("ab")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dicomnode", "serve", "--host", "127.0.0.1", "--port", str(port),
+         "--data-dir", str(data_dir), *args],
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        cwd=REPO_ROOT,
+        env=env,
+    )
+    handle.close()
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"node exited with {process.returncode}:\n{log.read_text()}")
+            try:
+                wait_for_port(port, timeout_s=1.0)
+                break
+            except TimeoutError:
+                continue
+        else:
+            raise TimeoutError(f"node did not listen within 120 s:\n{log.read_text()}")
+    except BaseException:
+        process.kill()
+        raise
+    return NodeProcess(port, data_dir, log, process)
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, what: str, poll_s: float = 0.25) -> None:
+    """Poll ``condition`` until true; raise AssertionError naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def storescu(port: int, files: list[Path], ae_title: str = "DICOMNODE", calling: str = "MODALITY") -> subprocess.CompletedProcess[str]:
+    """Send files with DCMTK's storescu (full path: pynetdicom's script shadows the name)."""
+    return subprocess.run(
+        [dcmtk("storescu"), "-aet", calling, "-aec", ae_title, "127.0.0.1", str(port), *map(str, files)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """Lines of ``dciodvfy`` output that are errors (0 is the goal)."""
+    from tests.helpers import require_tool
+
+    tool = require_tool("dciodvfy")
+    result = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=60)
+    output = result.stdout + result.stderr
+    return [line for line in output.splitlines() if line.startswith("Error")]
