@@ -1,0 +1,194 @@
+"""CLI adapters for ``dicomnode train``, ``dicomnode evaluate`` and ``dicomnode models list``.
+
+Thin: parse options, call one library function, map ``DicomNodeError`` to a one-line
+message on stderr and exit code 1. torch/timm are imported inside the commands.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from dicomnode.errors import DicomNodeError
+
+models_app = typer.Typer(no_args_is_help=True, help="Shipped and local models.")
+
+
+def _fail(message: str) -> NoReturn:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code=1)
+
+
+def _configure_logging(level: str) -> None:
+    try:
+        from dicomnode import logconfig
+
+        logconfig.configure(level)
+    except ImportError:  # pragma: no cover - logconfig ships with the package
+        logging.basicConfig(level=level)
+
+
+def train(
+    data: Annotated[Path, typer.Option(help="Dataset: image folder with class subfolders, MedMNIST .npz, RSNA or NIH CSV.")],
+    arch: Annotated[str, typer.Option(help="timm architecture, e.g. efficientnet_lite0, resnet18, vit_tiny_patch16_224.")],
+    out: Annotated[Path, typer.Option(help="Output folder: manifest.json, model.safetensors, metrics and plots.")],
+    name: Annotated[str | None, typer.Option(help="Model name in the manifest (default: the --out folder name).")] = None,
+    data_format: Annotated[str, typer.Option("--format", help="auto, folder, medmnist, rsna, nih.")] = "auto",
+    images_dir: Annotated[Path | None, typer.Option("--images-dir", help="Image folder for the CSV formats.")] = None,
+    epochs: Annotated[int, typer.Option(min=1, help="Maximum epochs.")] = 10,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
+    img_size: Annotated[int, typer.Option("--img-size", min=16, help="Square input side in pixels.")] = 224,
+    in_chans: Annotated[int, typer.Option("--in-chans", min=1, max=3, help="1 or 3 input channels.")] = 3,
+    resize: Annotated[str, typer.Option(help="squash or pad (letterbox).")] = "squash",
+    val_fraction: Annotated[float, typer.Option("--val-fraction", help="Validation fraction carved from train.")] = 0.15,
+    seed: Annotated[int, typer.Option(help="Seed of split, init, batch order and augmentation.")] = 0,
+    init: Annotated[
+        str, typer.Option(help="random, imagenet (timm hub, online only), effnet-lite0-package, or a weights file.")
+    ] = "random",
+    threshold_policy: Annotated[
+        str, typer.Option("--threshold-policy", help="youden, sensitivity:0.95 or fixed:0.5 (chosen on validation).")
+    ] = "youden",
+    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Training augmentations.")] = True,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt.")] = False,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, cosine with warmup).")] = 1e-3,
+    weight_decay: Annotated[float, typer.Option("--weight-decay")] = 0.05,
+    warmup_epochs: Annotated[float, typer.Option("--warmup-epochs")] = 1.0,
+    patience: Annotated[int, typer.Option(help="Early stop after this many epochs without val AUC gain.")] = 5,
+    max_train_samples: Annotated[int | None, typer.Option("--max-train-samples", help="Subsample train (smoke runs).")] = None,
+    max_minutes: Annotated[float | None, typer.Option("--max-minutes", help="Wall-clock budget; stops between epochs.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda.")] = "auto",
+    threads: Annotated[int, typer.Option(help="torch CPU threads (0: default).")] = 0,
+    description: Annotated[str, typer.Option(help="Free text for the manifest.")] = "",
+    recipe: Annotated[str, typer.Option(help="Command or recipe file that reproduces the run (for the manifest).")] = "",
+    log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
+) -> None:
+    """Train a classifier and write a model folder (manifest + safetensors + metrics + plots)."""
+    _configure_logging(log_level.upper())
+    from dicomnode.training.datasets import DataFormat
+    from dicomnode.training.loop import TrainConfig
+    from dicomnode.training.loop import train as run_training
+
+    if resize not in ("squash", "pad"):
+        raise typer.BadParameter("must be squash or pad", param_hint="--resize")
+    if in_chans not in (1, 3):
+        raise typer.BadParameter("must be 1 or 3", param_hint="--in-chans")
+    try:
+        fmt = DataFormat(data_format)
+    except ValueError as exc:
+        raise typer.BadParameter(f"unknown format {data_format!r}", param_hint="--format") from exc
+    config = TrainConfig(
+        data=data, arch=arch, out=out, name=name, fmt=fmt, images_dir=images_dir, epochs=epochs,
+        batch_size=batch_size, img_size=img_size, in_chans=in_chans, resize=resize,
+        val_fraction=val_fraction, seed=seed, init=init, threshold_policy=threshold_policy,
+        augment=augment, resume=resume, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
+        patience=patience, max_train_samples=max_train_samples, max_minutes=max_minutes,
+        device=device, threads=threads, description=description, recipe=recipe,
+    )
+    try:
+        result = run_training(config)
+    except DicomNodeError as exc:
+        _fail(str(exc))
+    report = result.report
+    typer.echo(
+        f"wrote {result.out / 'manifest.json'}: val AUC {report.get('auc', float('nan')):.4f}, "
+        f"threshold {result.manifest.thresholds[0]:.4f} ({result.manifest.threshold_policy}), best epoch {result.best_epoch}"
+    )
+
+
+def evaluate(
+    model: Annotated[list[str], typer.Option(help="Model name (models/<name>) or manifest path; repeat to compare.")],
+    data: Annotated[Path, typer.Option(help="Labelled dataset (image folder with class subfolders, npz, CSV).")],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object on the last line (several models: keyed by name).")
+    ] = False,
+    out: Annotated[Path | None, typer.Option(help="Folder for report.json, predictions and ROC/PR/confusion/reliability PNGs.")] = None,
+    split: Annotated[str, typer.Option(help="all, train, val (re-carve the training split) or test.")] = "all",
+    val_fraction: Annotated[float | None, typer.Option("--val-fraction", help="Split fraction (default: from the manifest).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Split seed (default: from the manifest).")] = None,
+    data_format: Annotated[str, typer.Option("--format", help="auto, folder, medmnist, rsna, nih.")] = "auto",
+    images_dir: Annotated[Path | None, typer.Option("--images-dir")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+    device: Annotated[str, typer.Option(help="cpu, cuda.")] = "cpu",
+    bootstrap: Annotated[int, typer.Option(min=0, help="Bootstrap resamples for the AUC CI.")] = 1000,
+    log_level: Annotated[str, typer.Option("--log-level")] = "WARNING",
+) -> None:
+    """Evaluate one or more models: AUC (95% CI), accuracy, sensitivity, specificity, ...
+
+    With --json the last stdout line is one JSON object: a single model's metrics
+    (auc, auc_ci_low, auc_ci_high, accuracy, sensitivity, specificity, precision, f1,
+    ece, threshold, n, tp, fp, tn, fn, ...), or for several --model an object keyed by
+    model name whose values are those metric objects.
+    """
+    _configure_logging(log_level.upper())
+    from dicomnode.training.datasets import DataFormat, Split
+    from dicomnode.training.evaluate import evaluate_models, format_table
+
+    try:
+        fmt = DataFormat(data_format)
+    except ValueError as exc:
+        raise typer.BadParameter(f"unknown format {data_format!r}", param_hint="--format") from exc
+    try:
+        chosen = Split(split)
+    except ValueError as exc:
+        raise typer.BadParameter("must be all, train, val or test", param_hint="--split") from exc
+    try:
+        result = evaluate_models(
+            list(model), data, fmt=fmt, split=chosen, val_fraction=val_fraction, seed=seed,
+            images_dir=images_dir, out=out, batch_size=batch_size, device=device, n_boot=bootstrap,
+        )
+    except DicomNodeError as exc:
+        _fail(str(exc))
+    table = format_table(result)
+    if as_json:
+        typer.echo(table, err=True)
+        typer.echo(json.dumps(result.summary()))
+    else:
+        typer.echo(table)
+        if out is not None:
+            typer.echo(f"report and plots in {out}")
+
+
+@models_app.command("list")
+def list_models(
+    directory: Annotated[Path | None, typer.Option("--dir", help="Models folder (default: $DICOMNODE_MODELS_DIR or ./models).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
+) -> None:
+    """List the models found in the models folder with their validation figures."""
+    from dicomnode.inference.registry import list_manifests, models_dir
+
+    root = directory or models_dir()
+    found = list_manifests(root)
+    if as_json:
+        typer.echo(
+            json.dumps(
+                [
+                    {
+                        "name": m.folder.name,
+                        "architecture": m.manifest.architecture,
+                        "labels": list(m.manifest.labels),
+                        "input_size": m.manifest.preprocessing.input_size,
+                        "thresholds": list(m.manifest.thresholds),
+                        "validation_metrics": m.manifest.validation_metrics,
+                        "manifest": str(m.folder / "manifest.json"),
+                    }
+                    for m in found
+                ]
+            )
+        )
+        return
+    if not found:
+        typer.echo(f"no models in {root}")
+        return
+    typer.echo(f"{'name':<14}{'architecture':<26}{'size':>6}{'val AUC':>9}{'acc':>8}{'thresh':>8}  labels")
+    for m in found:
+        vm = m.manifest.validation_metrics
+        auc = f"{vm['auc']:.4f}" if "auc" in vm else "-"
+        acc = f"{vm['accuracy']:.4f}" if "accuracy" in vm else "-"
+        typer.echo(
+            f"{m.folder.name:<14}{m.manifest.architecture:<26}{m.manifest.preprocessing.input_size:>6}"
+            f"{auc:>9}{acc:>8}{m.manifest.thresholds[0]:>8.4f}  {','.join(m.manifest.labels)}"
+        )
