@@ -1,0 +1,251 @@
+"""The node's Storage SCP + Verification SCP: presentation contexts, limits, start/stop.
+
+Only the chest radiograph SOP classes of :data:`validation.STORAGE_SOP_CLASSES`
+(CR, DX for presentation/processing, grayscale Secondary Capture) and Verification
+are supported; any other SOP class (CT, MR, MG, ...) is refused at association
+negotiation. Each is offered with every transfer syntax pydicom can decode here.
+
+Nothing happens at import time. ``serve`` builds the AE with :func:`build_ae` and
+starts it with :func:`start_scp`; :func:`stop_scp` drains and stops it.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING, Final
+
+from pydicom.uid import (
+    HTJ2K,
+    JPEG2000,
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, evt
+from pynetdicom.events import EventHandlerType
+from pynetdicom.transport import ThreadedAssociationServer
+
+from dicomnode.config import DicomSettings
+from dicomnode.receiving.handlers import ReceiveContext, handle_echo, handle_store
+from dicomnode.receiving.validation import STORAGE_SOP_CLASSES
+
+if TYPE_CHECKING:
+    import ssl
+
+logger = logging.getLogger(__name__)
+
+VERIFICATION_SOP_CLASS: Final = UID("1.2.840.10008.1.1")
+
+#: Uncompressed transfer syntaxes: pydicom always decodes them.
+NATIVE_TRANSFER_SYNTAXES: Final[tuple[UID, ...]] = (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+)
+#: Compressed transfer syntaxes offered when a pydicom decoder plugin is installed.
+#: When a requestor proposes several in one presentation context, pynetdicom picks
+#: the first of *this* list that was proposed, so the order is the node's
+#: preference: uncompressed, then lossless, then lossy.
+COMPRESSED_TRANSFER_SYNTAXES: Final[tuple[UID, ...]] = (
+    JPEGLosslessSV1,
+    JPEGLossless,
+    JPEGLSLossless,
+    JPEG2000Lossless,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    RLELossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLSNearLossless,
+    JPEG2000,
+    HTJ2K,
+)
+#: Listen backlog: connection bursts (many modalities at once) queue instead of
+#: being refused by the kernel; pynetdicom's default is socketserver's 5.
+LISTEN_BACKLOG: Final = 128
+#: How often the accept loop checks for a stop request (s); bounds stop latency.
+_POLL_INTERVAL_S: Final = 0.2
+
+
+def decodable_transfer_syntaxes() -> tuple[UID, ...]:
+    """The transfer syntaxes the node accepts: native ones plus every compressed one
+    that an installed pydicom decoder (pylibjpeg, pyjpegls, ...) can decode."""
+    from pydicom.pixels.decoders.base import get_decoder
+
+    available: list[UID] = list(NATIVE_TRANSFER_SYNTAXES)
+    for uid in COMPRESSED_TRANSFER_SYNTAXES:
+        try:
+            usable = get_decoder(uid).is_available
+        except NotImplementedError:
+            usable = False
+        if usable:
+            available.append(uid)
+        else:
+            logger.warning("no pixel decoder for %s (%s): not accepted", uid.name, uid)
+    return tuple(available)
+
+
+class NodeAssociationServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server with TCP_NODELAY on every accepted socket.
+
+    Nagle's algorithm delays the small C-STORE-RSP PDU until the peer's delayed ACK
+    (~40 ms on Linux loopback), which caps a sender at ~20 instances/s. The option
+    is set per accepted socket in :meth:`get_request`, pynetdicom's documented hook
+    for wrapping client sockets, so no pynetdicom module global is touched.
+    """
+
+    request_queue_size = LISTEN_BACKLOG
+    # Association threads are daemons in pynetdicom; the short-lived request threads
+    # are too, so a stuck peer can never keep the process alive. stop_scp() drains.
+    daemon_threads = True
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        """Accept a connection (TLS-wrapped when configured) and disable Nagle on it."""
+        client_socket, address = super().get_request()
+        try:
+            client_socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as exc:  # e.g. not a TCP socket; never worth refusing the peer
+            logger.debug("cannot set TCP_NODELAY: %s", exc)
+        return client_socket, address
+
+
+def build_ae(settings: DicomSettings) -> AE:
+    """Build the node's application entity (not started).
+
+    Args:
+        settings: AE title, association limit, ACSE/DIMSE/network timeouts (s),
+            maximum PDU size (bytes, 0 = unlimited), calling-AE allow-list
+            (empty = any) and whether the called AE title must match ours.
+
+    Returns:
+        A pynetdicom AE with the storage contexts of :data:`STORAGE_SOP_CLASSES`
+        and Verification as SCP.
+    """
+    ae = AE(ae_title=settings.ae_title)
+    ae.maximum_associations = settings.max_associations
+    ae.acse_timeout = settings.acse_timeout_s
+    ae.dimse_timeout = settings.dimse_timeout_s
+    ae.network_timeout = settings.network_timeout_s
+    ae.maximum_pdu_size = settings.maximum_pdu_size
+    # A-ASSOCIATE-RJ reason 3 (calling AE not recognised) / 7 (called AE not recognised).
+    ae.require_calling_aet = list(settings.allowed_calling_aets)
+    ae.require_called_aet = settings.require_called_ae_title
+
+    transfer_syntaxes = list(decodable_transfer_syntaxes())
+    for sop_class in STORAGE_SOP_CLASSES:
+        ae.add_supported_context(sop_class, transfer_syntaxes)
+    ae.add_supported_context(
+        VERIFICATION_SOP_CLASS,
+        [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian],
+    )
+    return ae
+
+
+def start_scp(
+    settings: DicomSettings,
+    context: ReceiveContext,
+    *,
+    block: bool = False,
+    ssl_context: ssl.SSLContext | None = None,
+) -> ThreadedAssociationServer:
+    """Build the AE and listen on ``settings.bind_address:settings.port``.
+
+    Args:
+        settings: the node's DICOM settings (see :func:`build_ae`).
+        context: what the C-STORE handler needs (files, sessions, clock).
+        block: when True, serve in this thread's stead until :func:`stop_scp` is
+            called (from a signal handler or another thread); the serving loop
+            runs in a helper thread so that signal handlers stay responsive.
+        ssl_context: server-side TLS context, or None for plain TCP.
+
+    Returns:
+        The running server (``block=False``) or the stopped one (``block=True``).
+        ``server.server_address`` holds the bound ``(host, port)``.
+
+    Raises:
+        OSError: the address cannot be bound (port in use, not permitted).
+    """
+    ae = build_ae(settings)
+    handlers: list[EventHandlerType] = [
+        (evt.EVT_C_STORE, handle_store, [context]),
+        (evt.EVT_C_ECHO, handle_echo),
+    ]
+    server = ae.make_server(
+        (settings.bind_address, settings.port),
+        ssl_context=ssl_context,
+        evt_handlers=handlers,
+        server_class=NodeAssociationServer,
+    )
+    # AE.start_server() does the same registration; AE.shutdown() and the server's own
+    # shutdown() (which removes itself from this list) rely on it.
+    ae._servers.append(server)
+    thread = threading.Thread(
+        target=server.serve_forever,
+        kwargs={"poll_interval": _POLL_INTERVAL_S},
+        name="dicomnode-scp",
+        daemon=True,
+    )
+    thread.start()
+    host, port = server.server_address[:2]
+    logger.info(
+        "listening as %s on %s:%s (%d transfer syntaxes, calling AEs: %s)",
+        settings.ae_title,
+        host,
+        port,
+        len(ae.supported_contexts[0].transfer_syntax),
+        ",".join(settings.allowed_calling_aets) or "any",
+    )
+    if block:
+        while thread.is_alive():
+            thread.join(timeout=0.5)
+    return server
+
+
+def stop_scp(server: ThreadedAssociationServer, *, grace_s: float = 5.0) -> None:
+    """Stop accepting, let running associations finish for ``grace_s``, abort the rest.
+
+    Safe to call from a signal handler in the thread that called
+    ``start_scp(block=True)``, and idempotent.
+
+    Args:
+        server: what :func:`start_scp` returned.
+        grace_s: seconds to wait for open associations before aborting them. An
+            instance whose C-STORE was interrupted was never answered 0x0000, so the
+            sender retries it.
+    """
+    if getattr(server, "_dicomnode_stopped", False):
+        return
+    server._dicomnode_stopped = True  # type: ignore[attr-defined]
+    # Stop the accept loop and close the listening socket first, so that no new
+    # association starts while we drain (serve_forever runs in another thread, so
+    # this cannot deadlock).
+    try:
+        server.shutdown()
+    except (OSError, ValueError) as exc:
+        logger.debug("server shutdown: %s", exc)
+    deadline = time.monotonic() + max(grace_s, 0.0)
+    # Only established associations can be mid-transfer; ones still waiting for an
+    # A-ASSOCIATE-RQ (a port probe, a silent client) are aborted at once.
+    while any(a.is_established for a in server.active_associations) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for assoc in server.active_associations:
+        if assoc.is_established:
+            logger.warning("aborting association with %s at shutdown", assoc.requestor.ae_title)
+        assoc.abort()
+    logger.info("stopped listening on %s:%s", *server.server_address[:2])

@@ -1,0 +1,380 @@
+"""Header-only acceptance rules for incoming chest radiographs (no pixel decoding).
+
+Two questions are asked of every received data set, in this order:
+
+1. :func:`check_structure` -- can we understand it at all? Every element must parse
+   and native pixel data must be as long as its dimensions say. A failure raises
+   :class:`~dicomnode.errors.RejectedInstance` with a ``0xC2xx`` status: the sender
+   gets a failure and nothing is stored.
+2. :func:`classify` -- is it a single-frame grayscale chest radiograph we can use?
+   :class:`Accept`, or :class:`Skip` with a readable reason. Skipped instances are
+   still stored and acknowledged with ``0x0000`` (a refusal only makes senders
+   retry), but never reach the model.
+
+Decisions recorded here (see ``README``/issue 2):
+
+* ``BodyPartExamined`` absent or empty is accepted (the NIH DX file has none).
+  When present, its words (split on anything that is not a letter or digit, after
+  dropping view words such as PA, AP, LAT, PORTABLE) must all be chest words
+  (CHEST, THORAX, LUNG, ...). So ``"CHEST PA"`` and ``"PORT CHEST"`` are accepted,
+  ``"CHEST_TO_PELVIS"``, ``"CHESTABDPELVIS"``, ``"ABDOMEN"`` and ``"EXTREMITY"`` skipped.
+* Lateral views are chest radiographs: the view is not checked.
+* ``NumberOfFrames`` absent or 1 is single-frame; more is skipped.
+* Modality, when present, must be a projection radiography modality (CR, DX, RG, DR)
+  or OT (Secondary Capture's "other"); a CT screenshot stored as SC is skipped.
+
+Reasons never contain patient data: only attribute keywords, numbers and
+sanitised, truncated code strings.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final
+
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+
+from dicomnode.errors import RejectedInstance
+
+# --- SOP classes we take (the association refuses every other storage class) ---
+CR_IMAGE_STORAGE: Final = UID("1.2.840.10008.5.1.4.1.1.1")
+DX_PRESENTATION_STORAGE: Final = UID("1.2.840.10008.5.1.4.1.1.1.1")
+DX_PROCESSING_STORAGE: Final = UID("1.2.840.10008.5.1.4.1.1.1.1.1")
+SECONDARY_CAPTURE_STORAGE: Final = UID("1.2.840.10008.5.1.4.1.1.7")
+#: Multi-frame grayscale byte / word SC: accepted at negotiation because some
+#: converters store a single chest radiograph this way (NumberOfFrames = 1); more than
+#: one frame is skipped by :func:`classify`. Single-bit and true-colour SC are refused.
+MF_GRAYSCALE_BYTE_SC_STORAGE: Final = UID("1.2.840.10008.5.1.4.1.1.7.2")
+MF_GRAYSCALE_WORD_SC_STORAGE: Final = UID("1.2.840.10008.5.1.4.1.1.7.3")
+
+STORAGE_SOP_CLASSES: Final[tuple[UID, ...]] = (
+    CR_IMAGE_STORAGE,
+    DX_PRESENTATION_STORAGE,
+    DX_PROCESSING_STORAGE,
+    SECONDARY_CAPTURE_STORAGE,
+    MF_GRAYSCALE_BYTE_SC_STORAGE,
+    MF_GRAYSCALE_WORD_SC_STORAGE,
+)
+
+# --- failure statuses (PS3.4 B.2.3, PS3.7 C) ---
+STATUS_CANNOT_UNDERSTAND: Final = 0xC210
+STATUS_MISSING_UID: Final = 0xC220
+STATUS_INVALID_UID: Final = 0xC221
+STATUS_PIXEL_LENGTH: Final = 0xC222
+STATUS_MISMATCH: Final = 0xA900
+STATUS_SOP_CLASS_NOT_SUPPORTED: Final = 0x0122
+STATUS_OUT_OF_RESOURCES: Final = 0xA700
+
+MIN_SIDE: Final = 64
+MAX_SIDE: Final = 16384
+MAX_UID_LENGTH: Final = 64
+MAX_SEQUENCE_DEPTH: Final = 32
+
+_UID_PATTERN: Final = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+_CHEST_WORDS: Final = frozenset(
+    {"CHEST", "THORAX", "THORACIC", "LUNG", "LUNGS", "TORAX", "THORAKS", "PECHO"}
+)
+_VIEW_WORDS: Final = frozenset(
+    {
+        "PA", "AP", "LAT", "LATERAL", "LL", "RL", "FRONTAL", "PORT", "PORTABLE", "XR", "X", "RAY",
+        "XRAY", "CR", "DX", "DR", "UPRIGHT", "ERECT", "SUPINE", "SEMI", "VIEW", "VIEWS", "1V", "2V",
+        "1", "2", "AND", "ONLY",
+    }
+)  # fmt: skip
+_RADIOGRAPHY_MODALITIES: Final = frozenset({"CR", "DX", "RG", "DR", "OT"})
+_GRAYSCALE: Final = frozenset({"MONOCHROME1", "MONOCHROME2"})
+_UNDEFINED_LENGTH: Final = 0xFFFFFFFF
+_ITEM_TAG: Final = 0xE000FFFE  # (FFFE,E000) read as little-endian uint32 of group, element
+_SEQ_DELIM_TAG: Final = 0xE0DDFFFE
+
+
+@dataclass(frozen=True)
+class Accept:
+    """The instance is a usable chest radiograph; it goes to inference."""
+
+
+@dataclass(frozen=True)
+class Skip:
+    """The instance is stored but not used.
+
+    Attributes:
+        reason: why, readable and free of patient data, e.g.
+            ``"BodyPartExamined 'EXTREMITY' is not a chest"``.
+    """
+
+    reason: str
+
+
+Verdict = Accept | Skip
+
+
+def is_valid_uid(value: object) -> bool:
+    """True for a single UID string of at most 64 characters matching PS3.5 9.1.
+
+    Stricter than ``pydicom.uid.UID.is_valid``, whose ``re.match(...$)`` lets a
+    trailing newline through.
+    """
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= MAX_UID_LENGTH
+        and _UID_PATTERN.fullmatch(value) is not None
+    )
+
+
+def safe_text(value: object, limit: int = 16) -> str:
+    """A short printable-ASCII rendering of an untrusted header value for reasons and logs."""
+    text = str(value)[:limit]
+    return "".join(ch if 0x20 <= ord(ch) < 0x7F else "?" for ch in text)
+
+
+def check_structure(ds: Dataset, transfer_syntax: UID) -> None:
+    """Make sure the whole data set parses, without decoding compressed pixels.
+
+    Every element (nested sequences included) is converted from its raw bytes, so
+    an undecodable value fails here instead of in the batch. Native pixel data must
+    hold exactly the bytes its dimensions need (one pad byte allowed); encapsulated
+    pixel data must be a well-formed item sequence.
+
+    Args:
+        ds: the received data set (as decoded lazily by pydicom/pynetdicom).
+        transfer_syntax: the presentation context's transfer syntax.
+
+    Raises:
+        RejectedInstance: ``0xC210`` when an element cannot be parsed or the
+            encapsulation is broken, ``0xC222`` when the native pixel data length
+            does not match Rows x Columns x SamplesPerPixel x NumberOfFrames x
+            BitsAllocated.
+    """
+    try:
+        _parse_all(ds, depth=0)
+    except RejectedInstance:
+        raise
+    except Exception as exc:
+        raise RejectedInstance(
+            STATUS_CANNOT_UNDERSTAND, f"data set cannot be parsed ({type(exc).__name__})"
+        ) from exc
+    if "PixelData" not in ds:
+        return
+    value = ds.PixelData
+    if not isinstance(value, bytes | bytearray):
+        raise RejectedInstance(STATUS_CANNOT_UNDERSTAND, "PixelData has no byte value")
+    if transfer_syntax.is_encapsulated:
+        _check_encapsulation(value)
+        return
+    expected = _native_length(ds)
+    if expected is None:
+        return  # dimensions unusable: classify() skips it with a reason
+    if len(value) not in (expected, expected + 1):
+        raise RejectedInstance(
+            STATUS_PIXEL_LENGTH,
+            f"native PixelData is {len(value)} bytes but its dimensions need {expected}",
+        )
+
+
+def _parse_all(ds: Dataset, depth: int) -> None:
+    """Convert every element from its raw bytes, refusing truncated values.
+
+    pydicom silently keeps a value shorter than its header's length (a truncated
+    stream), so each raw element's length is compared before it is converted.
+    """
+    if depth > MAX_SEQUENCE_DEPTH:
+        raise RejectedInstance(
+            STATUS_CANNOT_UNDERSTAND, f"sequences nested deeper than {MAX_SEQUENCE_DEPTH}"
+        )
+    for tag in list(ds.keys()):
+        raw = ds.get_item(tag)
+        if (
+            isinstance(raw, RawDataElement)
+            and raw.length != _UNDEFINED_LENGTH
+            and isinstance(raw.value, bytes)
+            and len(raw.value) != raw.length
+        ):
+            raise RejectedInstance(
+                STATUS_CANNOT_UNDERSTAND,
+                f"element {tag} is truncated ({len(raw.value)} of {raw.length} bytes)",
+            )
+        elem = ds[tag]
+        if elem.VR == "SQ":
+            for item in elem.value:
+                _parse_all(item, depth + 1)
+
+
+def _native_length(ds: Dataset) -> int | None:
+    """Bytes of native pixel data that the header describes, or None if it can't say."""
+    dims: list[int] = []
+    for keyword, default in (
+        ("Rows", None),
+        ("Columns", None),
+        ("SamplesPerPixel", 1),
+        ("NumberOfFrames", 1),
+        ("BitsAllocated", None),
+    ):
+        value = _int(ds, keyword, default)
+        if value is None or value < 1:
+            return None
+        dims.append(value)
+    rows, cols, samples, frames, bits = dims
+    if bits != 1 and bits % 8 != 0:
+        return None
+    total_bits = rows * cols * samples * frames * bits
+    return (total_bits + 7) // 8
+
+
+def _check_encapsulation(value: bytes | bytearray) -> None:
+    """Walk the item headers of encapsulated pixel data (PS3.5 A.4) without copying."""
+    view = memoryview(value)
+    offset = 0
+    items = 0
+    while offset < len(view):
+        if offset + 8 > len(view):
+            raise RejectedInstance(
+                STATUS_CANNOT_UNDERSTAND, "encapsulated PixelData ends inside an item header"
+            )
+        tag, length = struct.unpack_from("<II", view, offset)
+        if tag == _SEQ_DELIM_TAG:
+            break
+        if tag != _ITEM_TAG:
+            raise RejectedInstance(
+                STATUS_CANNOT_UNDERSTAND, "encapsulated PixelData has a non-item element"
+            )
+        if length == 0xFFFFFFFF or offset + 8 + length > len(view):
+            raise RejectedInstance(
+                STATUS_CANNOT_UNDERSTAND, "encapsulated PixelData item overruns the value"
+            )
+        offset += 8 + length
+        items += 1
+    if items < 2:
+        raise RejectedInstance(
+            STATUS_CANNOT_UNDERSTAND,
+            "encapsulated PixelData has no fragment after the offset table",
+        )
+
+
+def classify(ds: Dataset) -> Verdict:
+    """Decide from the header alone whether an instance is a usable chest radiograph.
+
+    Never decodes pixel data and never raises on odd values: anything it cannot
+    read is a :class:`Skip` with a reason.
+
+    Args:
+        ds: a data set that passed :func:`check_structure`.
+
+    Returns:
+        :class:`Accept` or :class:`Skip` (first failing rule wins).
+    """
+    for rule in _RULES:
+        reason = rule(ds)
+        if reason is not None:
+            return Skip(reason)
+    return Accept()
+
+
+def _rule_pixels(ds: Dataset) -> str | None:
+    if "PixelData" not in ds:
+        if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+            return "float pixel data is not supported"
+        return "no PixelData"
+    return None
+
+
+def _rule_modality(ds: Dataset) -> str | None:
+    modality = ds.get("Modality")
+    if modality in (None, ""):
+        return None
+    if not isinstance(modality, str) or modality.strip().upper() not in _RADIOGRAPHY_MODALITIES:
+        return f"Modality '{safe_text(modality)}' is not projection radiography"
+    return None
+
+
+def _rule_body_part(ds: Dataset) -> str | None:
+    body_part = ds.get("BodyPartExamined")
+    if body_part in (None, ""):
+        return None
+    if not isinstance(body_part, str) or not _is_chest(body_part):
+        return f"BodyPartExamined '{safe_text(body_part)}' is not a chest"
+    return None
+
+
+def _is_chest(body_part: str) -> bool:
+    words = [w for w in re.split(r"[^A-Z0-9]+", body_part.upper()) if w and w not in _VIEW_WORDS]
+    return bool(words) and all(word in _CHEST_WORDS for word in words)
+
+
+def _rule_frames(ds: Dataset) -> str | None:
+    if "NumberOfFrames" not in ds:
+        return None
+    frames = _int(ds, "NumberOfFrames")
+    if frames is None:
+        return "NumberOfFrames is not a number"
+    if frames > 1:
+        return f"multi-frame image ({frames} frames)"
+    if frames < 1:
+        return f"NumberOfFrames is {frames}"
+    return None
+
+
+def _rule_grayscale(ds: Dataset) -> str | None:
+    samples = _int(ds, "SamplesPerPixel", default=1)
+    if samples != 1:
+        return f"SamplesPerPixel is {samples}, not a grayscale image"
+    photometric = ds.get("PhotometricInterpretation")
+    if not isinstance(photometric, str) or photometric.strip().upper() not in _GRAYSCALE:
+        return f"PhotometricInterpretation '{safe_text(photometric)}' is not MONOCHROME1/2"
+    return None
+
+
+def _rule_dimensions(ds: Dataset) -> str | None:
+    for keyword in ("Rows", "Columns"):
+        value = _int(ds, keyword)
+        if value is None:
+            return f"{keyword} missing or not a number"
+        if not MIN_SIDE <= value <= MAX_SIDE:
+            return f"{keyword} is {value}, outside {MIN_SIDE}..{MAX_SIDE}"
+    return None
+
+
+def _rule_bits(ds: Dataset) -> str | None:
+    allocated = _int(ds, "BitsAllocated")
+    stored = _int(ds, "BitsStored")
+    if allocated not in (8, 16):
+        return f"BitsAllocated is {allocated}, not 8 or 16"
+    if stored is None or not 1 <= stored <= allocated:
+        return f"BitsStored {stored} is inconsistent with BitsAllocated {allocated}"
+    representation = _int(ds, "PixelRepresentation", default=0)
+    if representation not in (0, 1):
+        return f"PixelRepresentation is {representation}"
+    return None
+
+
+_RULES: Final = (
+    _rule_pixels,
+    _rule_modality,
+    _rule_body_part,
+    _rule_frames,
+    _rule_grayscale,
+    _rule_dimensions,
+    _rule_bits,
+)
+
+
+def _int(ds: Dataset, keyword: str, default: int | None = None) -> int | None:
+    """An integer attribute, ``default`` when absent, None when present but unusable."""
+    if keyword not in ds:
+        return default
+    try:
+        value = ds[keyword].value
+    except Exception:  # noqa: BLE001 - an unreadable value is just "unusable"
+        return None
+    if value is None or value == "":
+        return default
+    if isinstance(value, Iterable) and not isinstance(value, str | bytes):
+        return None  # multi-valued
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,146 @@
+"""Fixtures for the receiving tests: a real data folder + SQLite, and a running SCP."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.dataset import Dataset
+from pynetdicom import AE
+from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import encode
+from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy import Engine
+
+from dicomnode.config import DicomSettings, StoreSettings
+from dicomnode.receiving.handlers import ReceiveContext
+from dicomnode.receiving.scp import start_scp, stop_scp
+from dicomnode.store.db import make_engine, make_sessionmaker
+from dicomnode.store.files import FileStore
+from tests.helpers import free_port, wait_for_port
+
+NODE_AE = "DICOMNODE"
+
+
+@pytest.fixture
+def store_engine(data_dir: Path) -> Iterator[Engine]:
+    """A file-backed SQLite database in the temporary data folder."""
+    engine = make_engine(StoreSettings(data_dir=data_dir))
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def receive_context(data_dir: Path, store_engine: Engine) -> ReceiveContext:
+    """Files + sessions of a fresh node data folder."""
+    return ReceiveContext(files=FileStore(data_dir), sessionmaker=make_sessionmaker(store_engine))
+
+
+@dataclass
+class RunningScp:
+    """An SCP listening on 127.0.0.1:port."""
+
+    settings: DicomSettings
+    server: ThreadedAssociationServer
+    context: ReceiveContext
+
+    @property
+    def port(self) -> int:
+        return self.settings.port
+
+
+def run_scp(context: ReceiveContext, **overrides: Any) -> RunningScp:
+    """Start an SCP on a free loopback port and wait until it accepts connections."""
+    settings = DicomSettings(
+        ae_title=NODE_AE,
+        port=free_port(),
+        bind_address="127.0.0.1",
+        acse_timeout_s=5,
+        dimse_timeout_s=10,
+        network_timeout_s=10,
+        **overrides,
+    )
+    server = start_scp(settings, context)
+    wait_for_port(settings.port, timeout_s=10)
+    return RunningScp(settings=settings, server=server, context=context)
+
+
+@pytest.fixture
+def scp(receive_context: ReceiveContext) -> Iterator[RunningScp]:
+    """A running SCP with default settings (any calling AE)."""
+    running = run_scp(receive_context)
+    yield running
+    stop_scp(running.server, grace_s=2)
+
+
+def associate(
+    port: int,
+    contexts: Sequence[tuple[str, Sequence[str]]],
+    *,
+    calling: str = "TESTSCU",
+    called: str = NODE_AE,
+) -> Association:
+    """Open an association as a pynetdicom SCU proposing ``(sop_class, [ts...])`` pairs."""
+    ae = AE(ae_title=calling)
+    ae.acse_timeout = 5
+    ae.dimse_timeout = 10
+    ae.network_timeout = 10
+    for sop_class, syntaxes in contexts:
+        ae.add_requested_context(sop_class, list(syntaxes))
+    return ae.associate("127.0.0.1", port, ae_title=called)
+
+
+def send_raw_store(
+    assoc: Association,
+    *,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    dataset: Dataset | bytes,
+    transfer_syntax: str,
+    timeout_s: float = 10.0,
+) -> int:
+    """Send one C-STORE whose command UIDs and data set are chosen independently.
+
+    pynetdicom's ``send_c_store`` always takes the command UIDs from the data set;
+    a broken sender does not, so this builds the request primitive itself. ``dataset``
+    may be raw bytes (already encoded, or garbage).
+
+    Returns:
+        The response status.
+    """
+    context = next(
+        cx
+        for cx in assoc.accepted_contexts
+        if cx.abstract_syntax == sop_class_uid and cx.transfer_syntax[0] == transfer_syntax
+    )
+    if isinstance(dataset, Dataset):
+        ts = context.transfer_syntax[0]
+        payload = encode(dataset, ts.is_implicit_VR, ts.is_little_endian, ts.is_deflated)
+        assert payload is not None
+    else:
+        payload = dataset
+    req = C_STORE()
+    req.MessageID = 1
+    req.Priority = 2
+    req.AffectedSOPClassUID = sop_class_uid
+    req.AffectedSOPInstanceUID = sop_instance_uid
+    req.DataSet = BytesIO(payload)
+    # Same hand-over as Association.send_c_store: pause the reactor, send, wait.
+    assoc._reactor_checkpoint.clear()
+    deadline = time.monotonic() + timeout_s
+    while not assoc._is_paused and time.monotonic() < deadline:
+        time.sleep(0.0001)
+    assert context.context_id is not None
+    try:
+        assoc.dimse.send_msg(req, context.context_id)
+        _cx_id, rsp = assoc.dimse.get_msg(block=True)
+    finally:
+        assoc._reactor_checkpoint.set()
+    assert rsp is not None, "no C-STORE response before the DIMSE timeout"
+    return int(rsp.Status or 0)

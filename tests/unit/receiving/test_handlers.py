@@ -1,0 +1,212 @@
+"""C-STORE / C-ECHO handler statuses through a real in-process SCP and a pynetdicom SCU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from dicomnode.domain import InstanceState, JobState
+from dicomnode.receiving.handlers import ReceiveContext
+from dicomnode.receiving.scp import stop_scp
+from dicomnode.receiving.validation import (
+    STATUS_CANNOT_UNDERSTAND,
+    STATUS_INVALID_UID,
+    STATUS_MISMATCH,
+    STATUS_MISSING_UID,
+    STATUS_OUT_OF_RESOURCES,
+)
+from dicomnode.store.files import FileStore
+from dicomnode.store.models import Instance, Job
+from tests.helpers import CR_IMAGE_STORAGE, DX_PRESENTATION_STORAGE, make_cxr_dataset
+from tests.unit.receiving.conftest import RunningScp, associate, run_scp, send_raw_store
+
+VERIFICATION = "1.2.840.10008.1.1"
+SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+
+
+def _send(port: int, *datasets: pydicom.Dataset) -> list[int]:
+    assoc = associate(port, [(DX_PRESENTATION_STORAGE, SYNTAXES), (CR_IMAGE_STORAGE, SYNTAXES)])
+    assert assoc.is_established
+    try:
+        return [int(assoc.send_c_store(ds).Status) for ds in datasets]
+    finally:
+        assoc.release()
+
+
+def _instances(engine: Engine) -> list[Instance]:
+    with Session(engine) as session:
+        return list(session.scalars(select(Instance)))
+
+
+def _files(data_dir: Path) -> list[Path]:
+    return sorted(p for p in (data_dir / "incoming").rglob("*") if p.is_file())
+
+
+def _dataset_bytes(path: Path) -> bytes:
+    """The data set part of a Part-10 file (everything after the File Meta group)."""
+    raw = path.read_bytes()
+    meta = pydicom.dcmread(path, stop_before_pixels=True).file_meta
+    return raw[132 + 12 + int(meta.FileMetaInformationGroupLength) :]
+
+
+def test_store_success_writes_file_and_row(
+    scp: RunningScp, store_engine: Engine, data_dir: Path
+) -> None:
+    ds = make_cxr_dataset(rows=128, cols=96)
+    assert _send(scp.port, ds) == [0x0000]
+
+    [row] = _instances(store_engine)
+    assert row.sop_instance_uid == ds.SOPInstanceUID
+    assert row.study_instance_uid == ds.StudyInstanceUID
+    assert row.series_instance_uid == ds.SeriesInstanceUID
+    assert row.sop_class_uid == DX_PRESENTATION_STORAGE
+    assert row.state == InstanceState.ACCEPTED and row.skip_reason is None
+    assert row.calling_ae_title == "TESTSCU"
+    stored = FileStore(data_dir).incoming_path(ds.SOPInstanceUID)
+    assert row.path == str(stored.relative_to(data_dir.resolve()))
+    assert _files(data_dir) == [stored]  # no temporary file left
+    assert ds.SOPInstanceUID not in str(stored)
+
+    back = pydicom.dcmread(stored)
+    assert back.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+    assert back.file_meta.TransferSyntaxUID in SYNTAXES
+    assert back.PixelData == ds.PixelData
+    with Session(store_engine) as session:
+        [job] = session.scalars(select(Job))
+        assert job.state == JobState.RECEIVED and job.study_instance_uid == ds.StudyInstanceUID
+
+
+def test_duplicate_is_acknowledged_once_and_first_copy_kept(
+    scp: RunningScp, store_engine: Engine, data_dir: Path
+) -> None:
+    first = make_cxr_dataset(seed=1)
+    second = make_cxr_dataset(seed=2)  # different pixels, same identity
+    second.SOPInstanceUID = first.SOPInstanceUID
+    second.file_meta.MediaStorageSOPInstanceUID = first.SOPInstanceUID
+    second.StudyInstanceUID = first.StudyInstanceUID
+    second.SeriesInstanceUID = first.SeriesInstanceUID
+
+    assert _send(scp.port, first, first) == [0x0000, 0x0000]
+    assert _send(scp.port, second) == [0x0000]  # another association
+
+    assert len(_instances(store_engine)) == 1
+    [path] = _files(data_dir)
+    assert pydicom.dcmread(path).PixelData == first.PixelData
+
+
+def test_command_dataset_uid_mismatch_is_a900(
+    scp: RunningScp, store_engine: Engine, data_dir: Path
+) -> None:
+    ds = make_cxr_dataset()
+    assoc = associate(scp.port, [(DX_PRESENTATION_STORAGE, [ExplicitVRLittleEndian])])
+    try:
+        instance_status = send_raw_store(
+            assoc,
+            sop_class_uid=DX_PRESENTATION_STORAGE,
+            sop_instance_uid=generate_uid(),
+            dataset=ds,
+            transfer_syntax=ExplicitVRLittleEndian,
+        )
+        ds_cr = make_cxr_dataset(sop_class_uid=CR_IMAGE_STORAGE)
+        class_status = send_raw_store(
+            assoc,
+            sop_class_uid=DX_PRESENTATION_STORAGE,
+            sop_instance_uid=ds_cr.SOPInstanceUID,
+            dataset=ds_cr,
+            transfer_syntax=ExplicitVRLittleEndian,
+        )
+    finally:
+        assoc.release()
+    assert instance_status == STATUS_MISMATCH
+    assert class_status == STATUS_MISMATCH
+    assert _instances(store_engine) == []
+    assert _files(data_dir) == []
+
+
+def test_missing_study_uid_is_refused(
+    scp: RunningScp, store_engine: Engine, data_dir: Path
+) -> None:
+    ds = make_cxr_dataset()
+    del ds.StudyInstanceUID
+    assert _send(scp.port, ds) == [STATUS_MISSING_UID]
+    assert _instances(store_engine) == [] and _files(data_dir) == []
+
+
+def test_invalid_uid_is_refused(scp: RunningScp, store_engine: Engine, data_dir: Path) -> None:
+    ds = make_cxr_dataset()
+    ds.StudyInstanceUID = "1.2.3.4.x"
+    with pytest.MonkeyPatch.context() as patch:  # let the SCU write an invalid value
+        patch.setattr(pydicom.config.settings, "writing_validation_mode", pydicom.config.IGNORE)
+        statuses = _send(scp.port, ds)
+    assert statuses == [STATUS_INVALID_UID]
+    assert _instances(store_engine) == [] and _files(data_dir) == []
+
+
+def test_garbage_dataset_is_cannot_understand(
+    scp: RunningScp, store_engine: Engine, data_dir: Path
+) -> None:
+    uid = generate_uid()
+    assoc = associate(scp.port, [(DX_PRESENTATION_STORAGE, [ExplicitVRLittleEndian])])
+    try:
+        status = send_raw_store(
+            assoc,
+            sop_class_uid=DX_PRESENTATION_STORAGE,
+            sop_instance_uid=uid,
+            dataset=b"\x08\x00\x18\x00UI\x40\x00" + b"not a dicom data set at all" * 3,
+            transfer_syntax=ExplicitVRLittleEndian,
+        )
+    finally:
+        assoc.release()
+    assert status in (STATUS_CANNOT_UNDERSTAND, 0xC222)
+    assert 0xC000 <= status <= 0xCFFF
+    assert _instances(store_engine) == [] and _files(data_dir) == []
+
+
+def test_non_chest_is_stored_and_skipped(
+    scp: RunningScp, store_engine: Engine, data_dir: Path
+) -> None:
+    ds = make_cxr_dataset(BodyPartExamined="ABDOMEN")
+    assert _send(scp.port, ds) == [0x0000]
+    [row] = _instances(store_engine)
+    assert row.state == InstanceState.SKIPPED
+    assert row.skip_reason == "BodyPartExamined 'ABDOMEN' is not a chest"
+    assert len(_files(data_dir)) == 1
+
+
+def test_database_failure_after_write_is_a700_and_file_removed(
+    receive_context: ReceiveContext, store_engine: Engine, data_dir: Path
+) -> None:
+    # A real failure: the job table is gone, so recording fails after the file was written.
+    Job.__table__.drop(store_engine)  # type: ignore[attr-defined]
+    running = run_scp(receive_context)
+    try:
+        assert _send(running.port, make_cxr_dataset()) == [STATUS_OUT_OF_RESOURCES]
+    finally:
+        stop_scp(running.server, grace_s=2)
+    assert _files(data_dir) == []
+
+
+def test_disk_failure_is_a700(
+    receive_context: ReceiveContext, store_engine: Engine, data_dir: Path
+) -> None:
+    (data_dir / "incoming").write_text("a file where the folder should be")
+    running = run_scp(receive_context)
+    try:
+        assert _send(running.port, make_cxr_dataset()) == [STATUS_OUT_OF_RESOURCES]
+    finally:
+        stop_scp(running.server, grace_s=2)
+    assert _instances(store_engine) == []
+
+
+def test_echo(scp: RunningScp) -> None:
+    assoc = associate(scp.port, [(VERIFICATION, [ExplicitVRLittleEndian])])
+    assert assoc.is_established
+    try:
+        assert int(assoc.send_c_echo().Status) == 0x0000
+    finally:
+        assoc.release()
