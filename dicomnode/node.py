@@ -94,7 +94,7 @@ class Node:
                 options,
             )
             self.scheduler = start_scheduler(self.worker, self.settings.scheduler)
-        context = ReceiveContext(files=self.files, sessions=self.sessions, clock=utcnow)
+        context = ReceiveContext(files=self.files, sessionmaker=self.sessions, clock=utcnow)
         try:
             self.server = start_scp(self.settings.dicom, context, block=False)
         except Exception:
@@ -106,7 +106,9 @@ class Node:
     def stop(self) -> None:
         """Close the DICOM port first (no new work), then stop the scheduler."""
         if self.server is not None:
-            self.server.shutdown()
+            from dicomnode.receiving.scp import stop_scp
+
+            stop_scp(self.server)
             self.server = None
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=True)
