@@ -44,13 +44,22 @@ class Node:
     Args:
         settings: the merged settings.
         runner: an already loaded model (tests); None = load ``settings.model``.
-        run_worker: start the scheduler (False: receive only).
+        run_worker: start the batch/send scheduler (False: receive only).
+        run_receiver: open the DICOM port (False: a worker process beside receivers).
     """
 
-    def __init__(self, settings: Settings, runner: ModelRunner | None = None, *, run_worker: bool = True) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        runner: ModelRunner | None = None,
+        *,
+        run_worker: bool = True,
+        run_receiver: bool = True,
+    ) -> None:
         self.settings = settings
         self.runner = runner
         self.run_worker = run_worker
+        self.run_receiver = run_receiver
         self.engine = make_engine(settings.store)
         self.sessions = make_sessionmaker(self.engine)
         self.files = FileStore(settings.store.data_dir)
@@ -94,6 +103,8 @@ class Node:
                 options,
             )
             self.scheduler = start_scheduler(self.worker, self.settings.scheduler)
+        if not self.run_receiver:
+            return
         context = ReceiveContext(files=self.files, sessionmaker=self.sessions, clock=utcnow)
         try:
             self.server = start_scp(self.settings.dicom, context, block=False)
@@ -116,8 +127,17 @@ class Node:
         self.engine.dispose()
 
 
-def serve_forever(settings: Settings) -> None:
+ROLES = ("all", "receiver", "worker")
+
+
+def serve_forever(settings: Settings, role: str = "all") -> None:
     """Run a node until SIGTERM or SIGINT, then shut it down cleanly.
+
+    Args:
+        settings: the merged settings.
+        role: ``"all"`` (receiver and worker), ``"receiver"`` (DICOM port only) or
+            ``"worker"`` (batches and sending only); separate processes share the
+            data folder and database.
 
     Raises:
         ModelError: the model cannot be loaded.
@@ -130,7 +150,9 @@ def serve_forever(settings: Settings) -> None:
         stop.set()
 
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    node = Node(settings)
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}")
+    node = Node(settings, run_worker=role != "receiver", run_receiver=role != "worker")
     try:
         node.start()
         while not stop.wait(1.0):

@@ -14,7 +14,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from dicomnode.cli import training
+from dicomnode.cli import conformance, training
 from dicomnode.config import DestinationSettings, Settings, load_settings
 from dicomnode.errors import DicomNodeError
 
@@ -27,6 +27,7 @@ config_app = typer.Typer(no_args_is_help=True, help="Inspect the configuration i
 app.add_typer(config_app, name="config")
 app.command("train")(training.train)
 app.command("evaluate")(training.evaluate)
+app.command("conformance")(conformance.conformance)
 app.add_typer(training.models_app, name="models")
 
 
@@ -93,11 +94,16 @@ def serve(
         str | None, typer.Option("--allowed-calling-aets", help="Comma-separated calling AE titles allowed (empty: any).")
     ] = None,
     log_level: Annotated[str | None, typer.Option("--log-level", help="DEBUG, INFO, WARNING, ERROR.")] = None,
+    role: Annotated[
+        str, typer.Option(help="all | receiver (DICOM port only) | worker (batches and sending only).")
+    ] = "all",
 ) -> None:
     """Receive studies over DICOM, run batch inference, send results back. Stops on SIGTERM/SIGINT."""
     from dicomnode import logconfig
-    from dicomnode.node import serve_forever
+    from dicomnode.node import ROLES, serve_forever
 
+    if role not in ROLES:
+        raise typer.BadParameter(f"must be one of {', '.join(ROLES)}", param_hint="--role")
     settings = _settings(
         ctx,
         {
@@ -111,7 +117,7 @@ def serve(
     )
     logconfig.configure(settings.log_level)
     try:
-        serve_forever(settings)
+        serve_forever(settings, role)
     except DicomNodeError as exc:
         fail(str(exc))
     except OSError as exc:
