@@ -1,0 +1,42 @@
+"""``dicomnode conformance``: print or write the DICOM Conformance Statement."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dicomnode.errors import DicomNodeError
+
+
+def conformance(
+    ctx: typer.Context,
+    format: Annotated[  # noqa: A002 - the option is called --format
+        str, typer.Option("--format", "-f", help="Output format: md or html.", case_sensitive=False)
+    ] = "md",
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write to this file instead of standard output.", dir_okay=False)
+    ] = None,
+) -> None:
+    """Generate the node's DICOM Conformance Statement from the configuration in effect."""
+    from dicomnode.cli.main import _settings, fail
+    from dicomnode.conformance import OutputFormat, generate
+
+    try:
+        fmt = OutputFormat(format.lower())
+    except ValueError as exc:
+        raise typer.BadParameter(f"{format!r} is not one of: md, html", param_hint="--format") from exc
+    settings = _settings(ctx, {})
+    try:
+        text = generate(settings, fmt)
+    except DicomNodeError as exc:
+        fail(str(exc))
+    if out is None:
+        typer.echo(text, nl=False)
+        return
+    try:
+        out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        fail(f"cannot write {out}: {exc.strerror or exc}")
+    typer.echo(f"wrote {out}", err=True)
