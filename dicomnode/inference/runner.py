@@ -1,0 +1,317 @@
+"""Load a model once and run batched predictions and Grad-CAM on prepared tensors.
+
+The runner takes batches that :mod:`dicomnode.inference.preprocess` already made:
+``(N, C, S, S)`` float32, normalised. Probabilities are the sigmoid of one logit per
+label (a binary model has one label). The model is inference-only: its parameters
+never require gradients, and Grad-CAM back-propagates only through the layers after
+its target layer (see :mod:`dicomnode.explain.gradcam`).
+
+A runner is not thread-safe; use one per worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import nn
+
+from dicomnode.domain import ModelIdentity, Prediction
+from dicomnode.errors import ConfigError, DicomNodeError, InferenceError, ModelError
+from dicomnode.explain.gradcam import CamTarget, Chooser, explain_batch, find_cam_target
+from dicomnode.inference.manifest import LoadedManifest, ModelManifest
+
+if TYPE_CHECKING:
+    from dicomnode.explain.gradcam import CamBatch
+
+logger = logging.getLogger(__name__)
+
+_CUDA_SPEC = re.compile(r"^cuda(:(\d+))?$")
+
+
+def select_device(spec: str = "auto") -> torch.device:
+    """Turn a device setting into a torch device.
+
+    Args:
+        spec: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or
+            ``"cuda:N"``.
+
+    Raises:
+        ConfigError: unknown value, or CUDA asked for but not available / no such GPU.
+    """
+    value = spec.strip().lower()
+    if value == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if value == "cpu":
+        return torch.device("cpu")
+    match = _CUDA_SPEC.match(value)
+    if match is None:
+        raise ConfigError(f'invalid device {spec!r}: use "auto", "cpu", "cuda" or "cuda:N"')
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device {spec!r} requested but CUDA is not available")
+    if match.group(2) is not None:
+        index = int(match.group(2))
+        count = torch.cuda.device_count()
+        if index >= count:
+            raise ConfigError(f"device {spec!r} requested but only {count} CUDA device(s) exist")
+        return torch.device("cuda", index)
+    return torch.device("cuda")
+
+
+def _is_cnn(model: nn.Module) -> bool:
+    """True for convolutional backbones (channels_last pays off for them).
+
+    ViT-like models have one patch-embedding convolution and are left alone.
+    """
+    if hasattr(model, "patch_embed"):
+        return False
+    convs = 0
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            convs += 1
+            if convs > 1:
+                return True
+    return False
+
+
+class ModelRunner:
+    """A loaded classifier with its manifest: batched predictions and Grad-CAM.
+
+    Args:
+        model: the network (timm), returning ``(N, K)`` logits with K = number of labels.
+        manifest: the model's manifest (labels, thresholds, preprocessing, CAM layer).
+        device: where the model runs; the model is moved there.
+        thresholds: per-label overrides on top of ``manifest.thresholds``, e.g.
+            ``{"pneumonia": 0.4}``.
+
+    Raises:
+        ConfigError: a threshold override names an unknown label or lies outside [0, 1].
+        ModelError: the model cannot be moved to ``device`` or has no Grad-CAM layer.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        manifest: ModelManifest,
+        device: torch.device,
+        thresholds: Mapping[str, float] | None = None,
+    ) -> None:
+        self.manifest = manifest
+        self.device = device
+        self.thresholds = _merge_thresholds(manifest, thresholds)
+        self._channels_last = _is_cnn(model)
+        try:
+            model = model.to(device).eval()
+            if self._channels_last:
+                model = model.to(memory_format=torch.channels_last)
+        except (RuntimeError, ValueError) as exc:
+            raise ModelError(f"cannot move model {manifest.name!r} to {device}: {exc}") from exc
+        for param in model.parameters():
+            param.requires_grad_(False)  # inference only; Grad-CAM needs no weight gradients
+        self.model = model
+        self.cam_target: CamTarget = find_cam_target(model, manifest.cam_target_layer)
+        logger.info(
+            "model %s v%s (%s) ready on %s, Grad-CAM layer %s",
+            manifest.name,
+            manifest.version,
+            manifest.architecture,
+            device,
+            self.cam_target.path,
+        )
+
+    @classmethod
+    def from_loaded(
+        cls,
+        loaded: LoadedManifest,
+        device: str = "auto",
+        thresholds: Mapping[str, float] | None = None,
+    ) -> ModelRunner:
+        """Build the model of a manifest, verify and load its weights, wrap it.
+
+        Args:
+            loaded: manifest and folder (``registry.resolve_manifest``).
+            device: see :func:`select_device`.
+            thresholds: per-label overrides, see :class:`ModelRunner`.
+
+        Raises:
+            ConfigError: bad device or thresholds.
+            ModelError: the weights are missing, do not match the sha256 or the architecture.
+        """
+        from dicomnode.inference.registry import load_model
+
+        torch_device = select_device(device)
+        model = load_model(loaded, torch_device, verify_sha256=True)
+        return cls(model, loaded.manifest, torch_device, thresholds)
+
+    @property
+    def identity(self) -> ModelIdentity:
+        """The model identity written into result objects."""
+        return self.manifest.identity()
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Finding names in model output order."""
+        return self.manifest.labels
+
+    def predict(self, batch: np.ndarray) -> list[Prediction]:
+        """Probabilities for a batch of prepared images.
+
+        Args:
+            batch: ``(N, C, S, S)`` float32, normalised as the manifest says.
+
+        Returns:
+            One :class:`~dicomnode.domain.Prediction` per image, in order.
+
+        Raises:
+            InferenceError: wrong batch shape, the forward pass failed or gave
+                non-finite outputs.
+        """
+        inputs = self._to_tensor(batch)
+        return self._predict_tensor(inputs)
+
+    def explain(self, batch: np.ndarray, target_indices: Sequence[int]) -> np.ndarray:
+        """Grad-CAM of label ``target_indices[i]`` for image ``i`` (one pass for the batch).
+
+        Args:
+            batch: ``(N, C, S, S)`` float32, normalised.
+            target_indices: N label indices (0 for a binary model).
+
+        Returns:
+            ``(N, S, S)`` float32 heatmaps, each normalised to [0, 1].
+
+        Raises:
+            InferenceError: bad shapes or indices, or Grad-CAM failed.
+        """
+        inputs = self._to_tensor(batch)
+        indices = [int(i) for i in target_indices]
+        if len(indices) != inputs.shape[0]:
+            raise InferenceError(f"{len(indices)} target labels for {inputs.shape[0]} images")
+        return self._explain_tensor(inputs, lambda _logits: indices).heatmaps
+
+    def predict_and_explain(
+        self,
+        batch: np.ndarray,
+        explain_mask: Sequence[bool] | None = None,
+        *,
+        positive_only: bool = False,
+    ) -> tuple[list[Prediction], list[np.ndarray | None]]:
+        """Predict and explain the reported finding with a single forward pass.
+
+        The explained label of an image is its reported one,
+        :attr:`Prediction.top_index`. Predictions come from the Grad-CAM pass itself;
+        when no image needs a heatmap only the cheaper inference-mode pass runs.
+
+        Args:
+            batch: ``(N, C, S, S)`` float32, normalised.
+            explain_mask: N flags, True = this image may get a heatmap; None = all.
+            positive_only: explain only images whose reported finding is positive
+                (probability >= threshold).
+
+        Returns:
+            Predictions, and per image an ``(S, S)`` float32 heatmap in [0, 1] or None.
+
+        Raises:
+            InferenceError: bad shapes, or the forward pass or Grad-CAM failed.
+        """
+        inputs = self._to_tensor(batch)
+        n = int(inputs.shape[0])
+        mask = [True] * n if explain_mask is None else [bool(m) for m in explain_mask]
+        if len(mask) != n:
+            raise InferenceError(f"explain mask of {len(mask)} flags for {n} images")
+        if not any(mask):
+            return self._predict_tensor(inputs), [None] * n
+        predictions: list[Prediction] = []
+
+        def choose(logits: torch.Tensor) -> list[int | None]:
+            predictions.extend(self._to_predictions(logits, n))
+            chosen: list[int | None] = []
+            for prediction, wanted in zip(predictions, mask):
+                k = prediction.top_index
+                chosen.append(
+                    k if wanted and (not positive_only or prediction.is_positive(k)) else None
+                )
+            return chosen
+
+        cams = self._explain_tensor(inputs, choose)
+        heatmaps: list[np.ndarray | None] = [
+            cams.heatmaps[i] if cams.explained[i] else None for i in range(n)
+        ]
+        return predictions, heatmaps
+
+    # -- internals -------------------------------------------------------------
+
+    def _to_tensor(self, batch: np.ndarray) -> torch.Tensor:
+        """Check a batch and put it on the device (one copy at most on CPU)."""
+        pre = self.manifest.preprocessing
+        expected = (pre.in_chans, pre.input_size, pre.input_size)
+        if not isinstance(batch, np.ndarray):
+            raise InferenceError(f"batch must be a numpy array, got {type(batch).__name__}")
+        if batch.ndim != 4 or tuple(batch.shape[1:]) != expected or batch.shape[0] == 0:
+            raise InferenceError(
+                f"batch shape {batch.shape} does not match (N>0, {', '.join(map(str, expected))})"
+            )
+        if not np.issubdtype(batch.dtype, np.floating):
+            raise InferenceError(f"batch dtype must be floating point, got {batch.dtype}")
+        array = np.ascontiguousarray(batch, dtype=np.float32)
+        tensor = torch.from_numpy(array)
+        if self._channels_last:
+            return tensor.to(self.device, memory_format=torch.channels_last)
+        return tensor.to(self.device)
+
+    def _predict_tensor(self, inputs: torch.Tensor) -> list[Prediction]:
+        with torch.inference_mode():
+            try:
+                logits = self.model(inputs)
+            except Exception as exc:  # torch raises many types; one job fails, not the node
+                raise InferenceError(
+                    f"forward pass of {self.manifest.name!r} failed: {exc}"
+                ) from exc
+            return self._to_predictions(logits, int(inputs.shape[0]))
+
+    def _explain_tensor(self, inputs: torch.Tensor, choose: Chooser) -> CamBatch:
+        try:
+            return explain_batch(self.model, inputs, choose, self.cam_target)
+        except DicomNodeError:
+            raise
+        except Exception as exc:  # anything explain_batch did not already wrap
+            raise InferenceError(f"Grad-CAM of {self.manifest.name!r} failed: {exc}") from exc
+
+    def _to_predictions(self, logits: object, n: int) -> list[Prediction]:
+        if not isinstance(logits, torch.Tensor):
+            raise InferenceError(f"model returned {type(logits).__name__}, not a tensor")
+        k = len(self.manifest.labels)
+        if logits.ndim == 1 and k == 1:
+            logits = logits[:, None]
+        if tuple(logits.shape) != (n, k):
+            raise InferenceError(f"model output shape {tuple(logits.shape)} is not ({n}, {k})")
+        probs = torch.sigmoid(logits.detach().float()).cpu().numpy()
+        if not np.isfinite(probs).all():
+            raise InferenceError(f"model {self.manifest.name!r} produced non-finite outputs")
+        labels = self.manifest.labels
+        return [Prediction(labels, tuple(float(p) for p in row), self.thresholds) for row in probs]
+
+
+def _merge_thresholds(
+    manifest: ModelManifest, overrides: Mapping[str, float] | None
+) -> tuple[float, ...]:
+    """Manifest thresholds with per-label overrides applied.
+
+    Raises:
+        ConfigError: unknown label or a value outside [0, 1].
+    """
+    merged = list(manifest.thresholds)
+    for label, value in (overrides or {}).items():
+        if label not in manifest.labels:
+            known = ", ".join(manifest.labels)
+            raise ConfigError(
+                f"threshold for unknown label {label!r} (model {manifest.name!r} has: {known})"
+            )
+        threshold = float(value)
+        if not 0.0 <= threshold <= 1.0:
+            raise ConfigError(f"threshold for {label!r} must lie in [0, 1], got {value}")
+        merged[manifest.labels.index(label)] = threshold
+    return tuple(merged)
