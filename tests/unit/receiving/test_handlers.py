@@ -7,6 +7,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from pynetdicom.dsutils import encode
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
@@ -74,8 +75,10 @@ def test_store_success_writes_file_and_row(
 
     back = pydicom.dcmread(stored)
     assert back.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
-    assert back.file_meta.TransferSyntaxUID in SYNTAXES
+    assert back.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian  # our first choice
     assert back.PixelData == ds.PixelData
+    # The data set bytes are the ones the SCU put on the wire, not a re-encoding.
+    assert _dataset_bytes(stored) == encode(ds, False, True)
     with Session(store_engine) as session:
         [job] = session.scalars(select(Job))
         assert job.state == JobState.RECEIVED and job.study_instance_uid == ds.StudyInstanceUID
@@ -145,6 +148,49 @@ def test_invalid_uid_is_refused(scp: RunningScp, store_engine: Engine, data_dir:
         statuses = _send(scp.port, ds)
     assert statuses == [STATUS_INVALID_UID]
     assert _instances(store_engine) == [] and _files(data_dir) == []
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    ["../../../etc/passwd", "1.2.3\n", "1.2.3\\1.2.4", "1." + "2" * 70, "1.2.3; DROP TABLE"],
+)
+def test_hostile_instance_uids_are_refused(
+    scp: RunningScp, store_engine: Engine, data_dir: Path, hostile: str
+) -> None:
+    ds = make_cxr_dataset()
+    ds.SOPInstanceUID = hostile
+    assoc = associate(scp.port, [(DX_PRESENTATION_STORAGE, [ExplicitVRLittleEndian])])
+    try:
+        with pytest.MonkeyPatch.context() as patch:  # let the SCU write an invalid value
+            patch.setattr(pydicom.config.settings, "writing_validation_mode", pydicom.config.IGNORE)
+            status = send_raw_store(
+                assoc,
+                sop_class_uid=DX_PRESENTATION_STORAGE,
+                sop_instance_uid=generate_uid(),
+                dataset=ds,
+                transfer_syntax=ExplicitVRLittleEndian,
+            )
+    finally:
+        assoc.release()
+    # pydicom strips trailing whitespace from UI values, so "1.2.3\n" arrives as a valid
+    # "1.2.3" that no longer matches the command: refused either way.
+    assert status in (STATUS_INVALID_UID, STATUS_MISMATCH)
+    assert _instances(store_engine) == []
+    assert [
+        p for p in data_dir.parent.rglob("*") if p.is_file() and data_dir not in p.parents
+    ] == []
+
+
+def test_deeply_nested_sequences_are_refused(scp: RunningScp, store_engine: Engine) -> None:
+    ds = make_cxr_dataset()
+    item = pydicom.Dataset()
+    for _ in range(200):
+        outer = pydicom.Dataset()
+        outer.ReferencedImageSequence = [item]
+        item = outer
+    ds.ReferencedImageSequence = [item]
+    assert _send(scp.port, ds) == [STATUS_CANNOT_UNDERSTAND]
+    assert _instances(store_engine) == []
 
 
 def test_garbage_dataset_is_cannot_understand(
