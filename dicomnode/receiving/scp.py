@@ -169,13 +169,16 @@ def start_scp(
     Args:
         settings: the node's DICOM settings (see :func:`build_ae`).
         context: what the C-STORE handler needs (files, sessions, clock).
-        block: when True, serve in this thread's stead until :func:`stop_scp` is
-            called (from a signal handler or another thread); the serving loop
-            runs in a helper thread so that signal handlers stay responsive.
+        block: when True, do not return while the server runs. The accept loop
+            runs in a helper thread and this one waits in short joins, so signal
+            handlers stay responsive: a ``KeyboardInterrupt`` or ``SystemExit``
+            raised here (SIGINT, or a SIGTERM handler calling ``sys.exit``) stops
+            the server with :func:`stop_scp` and propagates.
         ssl_context: server-side TLS context, or None for plain TCP.
 
     Returns:
-        The running server (``block=False``) or the stopped one (``block=True``).
+        The running server (``block=False``); with ``block=True`` the call only
+        ends by the exception that stopped it.
         ``server.server_address`` holds the bound ``(host, port)``.
 
     Raises:
@@ -212,8 +215,13 @@ def start_scp(
         ",".join(settings.allowed_calling_aets) or "any",
     )
     if block:
-        while thread.is_alive():
-            thread.join(timeout=0.5)
+        try:
+            while thread.is_alive():
+                thread.join(timeout=0.5)
+        except (KeyboardInterrupt, SystemExit):
+            logger.info("interrupted: stopping the SCP")
+            stop_scp(server)
+            raise
     return server
 
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import signal
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pydicom
@@ -23,7 +28,14 @@ from dicomnode.receiving.validation import (
 )
 from dicomnode.store.files import FileStore
 from dicomnode.store.models import Instance, Job
-from tests.helpers import CR_IMAGE_STORAGE, DX_PRESENTATION_STORAGE, make_cxr_dataset
+from tests.helpers import (
+    CR_IMAGE_STORAGE,
+    DX_PRESENTATION_STORAGE,
+    REPO_ROOT,
+    free_port,
+    make_cxr_dataset,
+    wait_for_port,
+)
 from tests.unit.receiving.conftest import RunningScp, associate, run_scp, send_raw_store
 
 VERIFICATION = "1.2.840.10008.1.1"
@@ -256,3 +268,63 @@ def test_echo(scp: RunningScp) -> None:
         assert int(assoc.send_c_echo().Status) == 0x0000
     finally:
         assoc.release()
+
+
+def test_logs_carry_uids_and_calling_ae_but_no_patient_data(
+    scp: RunningScp, caplog: pytest.LogCaptureFixture
+) -> None:
+    phi = {
+        "PatientName": "Phimarker^Name",
+        "PatientID": "PHIMARKERID",
+        "PatientBirthDate": "19010203",
+        "AccessionNumber": "PHIMARKERACC",
+    }
+    accepted = make_cxr_dataset(**phi)
+    skipped = make_cxr_dataset(BodyPartExamined="HAND", **phi)
+    refused = make_cxr_dataset(**phi)
+    del refused.StudyInstanceUID
+    with caplog.at_level(logging.DEBUG):
+        statuses = _send(scp.port, accepted, skipped, refused)
+    assert statuses == [0x0000, 0x0000, STATUS_MISSING_UID]
+    text = caplog.text
+    assert accepted.SOPInstanceUID in text and skipped.SOPInstanceUID in text
+    assert "TESTSCU" in text
+    for value in ("Phimarker", "PHIMARKER", "19010203"):
+        assert value not in text
+
+
+@pytest.mark.slow
+def test_blocking_scp_stops_cleanly_on_sigint(data_dir: Path) -> None:
+    port = free_port()
+    code = f"""
+import sys
+from pathlib import Path
+from dicomnode.config import DicomSettings, StoreSettings
+from dicomnode.receiving.handlers import ReceiveContext
+from dicomnode.receiving.scp import start_scp
+from dicomnode.store.db import make_engine, make_sessionmaker
+from dicomnode.store.files import FileStore
+data = Path({str(data_dir)!r})
+context = ReceiveContext(FileStore(data), make_sessionmaker(make_engine(StoreSettings(data_dir=data))))
+try:
+    start_scp(DicomSettings(port={port}), context, block=True)
+except KeyboardInterrupt:
+    print("stopped", flush=True)
+    sys.exit(0)
+sys.exit(3)
+"""
+    process = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        wait_for_port(port, timeout_s=20)
+        assert _send(port, make_cxr_dataset()) == [0x0000]
+        process.send_signal(signal.SIGINT)
+        out, _ = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+    assert process.returncode == 0 and "stopped" in out
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
