@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -273,7 +274,7 @@ def test_echo(scp: RunningScp) -> None:
 def test_logs_carry_uids_and_calling_ae_but_no_patient_data(
     scp: RunningScp, caplog: pytest.LogCaptureFixture
 ) -> None:
-    phi = {
+    phi: dict[str, Any] = {
         "PatientName": "Phimarker^Name",
         "PatientID": "PHIMARKERID",
         "PatientBirthDate": "19010203",
@@ -299,6 +300,7 @@ def test_blocking_scp_stops_cleanly_on_sigint(data_dir: Path) -> None:
     code = f"""
 import sys
 from pathlib import Path
+from typing import Any
 from dicomnode.config import DicomSettings, StoreSettings
 from dicomnode.receiving.handlers import ReceiveContext
 from dicomnode.receiving.scp import start_scp
