@@ -31,6 +31,7 @@ from dicomnode.config import Settings
 
 if TYPE_CHECKING:
     from pynetdicom import AE
+    from pynetdicom.presentation import PresentationContext
 
 logger = logging.getLogger(__name__)
 
@@ -144,13 +145,14 @@ def scu_presentation_contexts() -> list[tuple[UID, tuple[UID, ...]]]:
     return [(UID(sop), proposed.get(str(sop), ())) for sop in scu.RESULT_SOP_CLASSES]
 
 
-def _scu_requested_contexts() -> list[object]:
-    """The presentation contexts of the sending AE (built, never started)."""
+def _scu_requested_contexts() -> list[PresentationContext]:
+    """The presentation contexts the sending AE requests (the AE is built, never started)."""
     from dicomnode.config import DestinationSettings
     from dicomnode.sending import scu
 
-    builder = getattr(scu, "build_ae", None) or getattr(scu, "_build_ae")
-    ae = builder(DestinationSettings(), "DICOMNODE")
+    # scu exposes no public builder; its private one is the only place the proposed
+    # transfer syntaxes are defined, and reading it keeps this statement from drifting.
+    ae = scu._build_ae(DestinationSettings(), "DICOMNODE")
     return list(ae.requested_contexts)
 
 
@@ -220,16 +222,16 @@ def _overview(
     return Section(
         "Overview",
         (
-            "dicomnode is a DICOM-native AI node for chest radiographs. A PACS, an archive such "
+            ("dicomnode is a DICOM-native AI node for chest radiographs. A PACS, an archive such "
             "as Orthanc, or a modality sends chest studies to it with C-STORE; the node stores "
             "and queues them, waits until a study has been quiet for "
             f"{settings.scheduler.stable_after_s:g} s, runs a classifier on every usable image, "
             "and sends back one Grad-CAM heatmap Secondary Capture image per image and one "
             "Comprehensive SR (TID 1500 Imaging Measurement Report) per study to the configured "
-            "destination with C-STORE.",
-            "Results are labelled as not for diagnostic use (Content Qualification "
+            "destination with C-STORE."),
+            ("Results are labelled as not for diagnostic use (Content Qualification "
             f"{settings.outputs.content_qualification}, Series Description "
-            f"\"{settings.outputs.sr_series_description}\").",
+            f"\"{settings.outputs.sr_series_description}\")."),
             "This statement was generated from the node's live configuration.",
             Table(("SOP Class", "UID", "Role"), tuple(rows), caption="Network services"),
         ),
@@ -260,10 +262,10 @@ def _networking(
         Section(
             "Networking",
             (
-                "Implementation model: one application entity receives (Storage SCP, Verification "
+                ("Implementation model: one application entity receives (Storage SCP, Verification "
                 "SCP) and, from the same process, sends results (Storage SCU). Received instances "
                 "are written to disk and queued in a database before the C-STORE response is sent; "
-                "inference runs later, in batches, never in the association.",
+                "inference runs later, in batches, never in the association."),
                 Table(
                     ("Item", "Value"),
                     (
@@ -290,19 +292,19 @@ def _networking(
                         + (", ".join(dicom.allowed_calling_aets) if dicom.allowed_calling_aets else "any"),
                     )
                 ),
-                "Association acceptance: an association whose called AE title is not ours (when "
+                ("Association acceptance: an association whose called AE title is not ours (when "
                 "checked) or whose calling AE title is not on the allow-list (when one is set) is "
                 "rejected (A-ASSOCIATE-RJ, permanent, reasons 7 and 3). Any proposed presentation "
                 "context whose abstract syntax is not listed below is rejected (abstract syntax not "
                 "supported), so storage of other SOP classes (CT, MR, MG, colour images, ...) fails "
-                "at negotiation.",
+                "at negotiation."),
                 scp_contexts,
                 *_transfer_syntax_tables(scp_sets),
-                "C-STORE SCP conformance: an instance is acknowledged only after the file and its "
+                ("C-STORE SCP conformance: an instance is acknowledged only after the file and its "
                 "queue entry are durably stored. Instances of accepted SOP classes that are not "
                 "usable single-frame chest radiographs (other body parts, multi-frame, colour) are "
                 "stored and acknowledged with Success but skipped for inference, so senders do not "
-                "retry them. Re-sent instances are acknowledged with Success and stored once.",
+                "retry them. Re-sent instances are acknowledged with Success and stored once."),
                 _store_status_table(),
                 "Verification SCP: C-ECHO is answered with Success (0x0000).",
             ),
@@ -316,11 +318,11 @@ def _networking(
                         f"Calling AE title: {calling}",
                         f"Destination: {where}",
                         "One association per send round carries every result that is due.",
-                        f"Retries: up to {destination.max_attempts} attempts per object, first retry after "
+                        (f"Retries: up to {destination.max_attempts} attempts per object, first retry after "
                         f"{destination.retry_backoff_s:g} s, doubling up to {destination.retry_backoff_max_s:g} s; "
-                        "then the object is marked FAILED with the peer's status (visible in `dicomnode status`).",
-                        "A response of Success (0x0000) or Warning (0xBxxx) counts as delivered; any other "
-                        "status, an association rejection, abort or timeout counts as a failed attempt.",
+                        "then the object is marked FAILED with the peer's status (visible in `dicomnode status`)."),
+                        ("A response of Success (0x0000) or Warning (0xBxxx) counts as delivered; any other "
+                        "status, an association rejection, abort or timeout counts as a failed attempt."),
                     )
                 ),
                 scu_contexts,
@@ -331,9 +333,9 @@ def _networking(
         Section(
             "Network interfaces and configuration",
             (
-                "TCP/IP (IPv4 and IPv6) as provided by the operating system; no other network "
+                ("TCP/IP (IPv4 and IPv6) as provided by the operating system; no other network "
                 "protocols. By default the node listens on loopback only; set the bind address to "
-                "listen on other interfaces.",
+                "listen on other interfaces."),
                 Table(
                     ("Parameter", "Setting", "Value"),
                     (
@@ -428,12 +430,12 @@ def _character_sets() -> Section:
     return Section(
         "Support of Character Sets",
         (
-            "Received instances: any Specific Character Set (0008,0005) is accepted; the node "
-            "uses only UIDs, code strings and numbers from received headers for its decisions.",
-            "Created instances: patient and study attributes are copied from the source images "
+            ("Received instances: any Specific Character Set (0008,0005) is accepted; the node "
+            "uses only UIDs, code strings and numbers from received headers for its decisions."),
+            ("Created instances: patient and study attributes are copied from the source images "
             "together with their Specific Character Set; text the node writes itself (series "
             "descriptions, code meanings, algorithm names) uses the default repertoire (ISO-IR 6, "
-            "ASCII).",
+            "ASCII)."),
         ),
     )
 
@@ -494,15 +496,15 @@ def _iod_contents(settings: Settings) -> list[Section]:
         Section(
             "Created SOP Instances",
             (
-                f"Heatmap: {_uid_name(scu.SECONDARY_CAPTURE)} ({scu.SECONDARY_CAPTURE}), one per processed "
+                (f"Heatmap: {_uid_name(scu.SECONDARY_CAPTURE)} ({scu.SECONDARY_CAPTURE}), one per processed "
                 f"image, RGB, in a new series of the source study (Series Number {outputs.sc_series_number}, "
                 f"Series Description \"{outputs.sc_series_description}\"), referencing its source in the "
-                "Source Image Sequence; Derivation Code: Grad-CAM.",
-                f"Findings report: {_uid_name(scu.COMPREHENSIVE_SR)} ({scu.COMPREHENSIVE_SR}), one per study "
+                "Source Image Sequence; Derivation Code: Grad-CAM."),
+                (f"Findings report: {_uid_name(scu.COMPREHENSIVE_SR)} ({scu.COMPREHENSIVE_SR}), one per study "
                 f"(Series Number {outputs.sr_series_number}, Series Description "
                 f"\"{outputs.sr_series_description}\"), Content Qualification "
                 f"{outputs.content_qualification}, Completion Flag COMPLETE, Verification Flag UNVERIFIED, "
-                "Preliminary Flag PRELIMINARY.",
+                "Preliminary Flag PRELIMINARY."),
                 f"Manufacturer: {outputs.manufacturer}"
                 + (f"; Institution Name: {outputs.institution_name}" if outputs.institution_name else "")
                 + ". Patient and study attributes are copied from the source images.",
@@ -513,26 +515,26 @@ def _iod_contents(settings: Settings) -> list[Section]:
             (
                 Bullets(
                     (
-                        "Root: CONTAINER Imaging Measurement Report (TID 1500) with Language, "
-                        "Observer Context (Device observer: the model) and Procedure Reported.",
+                        ("Root: CONTAINER Imaging Measurement Report (TID 1500) with Language, "
+                        "Observer Context (Device observer: the model) and Procedure Reported."),
                         "Image Library (TID 1600): every source image and every heatmap.",
-                        "Imaging Measurements: one Measurement Group (TID 1501) per image and label, with "
+                        ("Imaging Measurements: one Measurement Group (TID 1501) per image and label, with "
                         "Tracking Identifier and UID, Finding, Algorithm Identification (TID 4019: name, "
                         "version, parameters, family), NUM Certainty of Finding (the model's probability, "
                         "0 to 1), NUM Threshold Value, a qualitative evaluation Present/Absent, the source "
-                        "image and, when made, the heatmap as best illustration of the finding.",
+                        "image and, when made, the heatmap as best illustration of the finding."),
                     )
                 ),
                 Table(("Constant (dicomnode.outputs.codes)", "Code Value", "Coding Scheme", "Code Meaning"),
                       _code_rows(concepts), caption="Coded concepts written by the node"),
-                "Concept names that the templates themselves define (Finding, Tracking Identifier, "
+                ("Concept names that the templates themselves define (Finding, Tracking Identifier, "
                 "Algorithm Name, Source of Measurement, ...) are written as TID 1500, 1501 and 4019 "
-                "specify them.",
+                "specify them."),
                 labels_note,
                 Table(("Model label", "Code Value", "Coding Scheme", "Code Meaning", "Kind"),
                       tuple(finding_rows), caption="Finding codes"),
-                f"Private codes use the coding scheme {codes.PRIVATE_SCHEME}, declared in the SR's Coding "
-                "Scheme Identification Sequence when used.",
+                (f"Private codes use the coding scheme {codes.PRIVATE_SCHEME}, declared in the SR's Coding "
+                "Scheme Identification Sequence when used."),
             ),
             level=3,
         ),
@@ -577,8 +579,8 @@ def render_html(statement: Statement) -> str:
         "<head>",
         '<meta charset="utf-8">',
         f"<title>{esc(statement.title)}</title>",
-        "<style>table{border-collapse:collapse}td,th{border:1px solid #999;padding:2px 6px;"
-        "text-align:left;vertical-align:top}</style>",
+        ("<style>table{border-collapse:collapse}td,th{border:1px solid #999;padding:2px 6px;"
+        "text-align:left;vertical-align:top}</style>"),
         "</head>",
         "<body>",
         f"<h1>{esc(statement.title)}</h1>",

@@ -12,7 +12,7 @@ from dicomnode.errors import DicomNodeError
 
 def conformance(
     ctx: typer.Context,
-    format: Annotated[  # noqa: A002 - the option is called --format
+    format: Annotated[
         str, typer.Option("--format", "-f", help="Output format: md or html.", case_sensitive=False)
     ] = "md",
     out: Annotated[
