@@ -1,0 +1,159 @@
+"""Conformance statement: document model, Markdown and HTML rendering, CLI."""
+
+from __future__ import annotations
+
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from dicomnode.cli import app
+from dicomnode.config import Settings
+from dicomnode.conformance import (
+    Bullets,
+    Section,
+    Statement,
+    Table,
+    build_statement,
+    render_html,
+    render_markdown,
+    scp_presentation_contexts,
+    scu_presentation_contexts,
+)
+
+VERIFICATION = "1.2.840.10008.1.1"
+
+
+def _sample() -> Statement:
+    return Statement(
+        title="T <1>",
+        sections=(
+            Section(
+                "First & only",
+                (
+                    "a <b> paragraph",
+                    Bullets(("one", "two | three")),
+                    Table(("A", "B|C"), (("x|y", "<z>"),), caption="Cap"),
+                ),
+            ),
+            Section("Sub", ("text",), level=3),
+        ),
+    )
+
+
+def test_table_rejects_rows_of_the_wrong_length() -> None:
+    with pytest.raises(ValueError, match="cells"):
+        Table(("a", "b"), (("only one",),))
+
+
+def test_markdown_structure_and_escaping() -> None:
+    md = render_markdown(_sample())
+    lines = md.splitlines()
+    assert lines[0] == "# T <1>"
+    assert "## First & only" in lines and "### Sub" in lines
+    assert "- two | three" in lines
+    assert "**Cap**" in lines
+    header = lines.index("**Cap**") + 2
+    assert lines[header] == "| A | B\\|C |"
+    assert lines[header + 1] == "|---|---|"
+    assert lines[header + 2] == "| x\\|y | <z> |"
+    assert md.endswith("text\n")
+
+
+class _Collector(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.text: list[str] = []
+        self.open: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        if tag not in ("meta", "br"):
+            self.open.append(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        assert self.open and self.open[-1] == tag, f"</{tag}> closes <{self.open[-1] if self.open else None}>"
+        self.open.pop()
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def test_html_is_well_formed_and_escaped() -> None:
+    page = render_html(_sample())
+    assert page.startswith("<!DOCTYPE html>")
+    parser = _Collector()
+    parser.feed(page)
+    parser.close()
+    assert parser.open == []
+    assert parser.tags.count("h1") == 1 and "h2" in parser.tags and "h3" in parser.tags
+    assert parser.tags.count("table") == 1 and parser.tags.count("td") == 2 and "caption" in parser.tags
+    assert "<b>" not in page and "a &lt;b&gt; paragraph" in page
+    assert "a <b> paragraph" in parser.text  # unescaped back to the original text
+
+
+def test_statement_lists_what_the_node_negotiates() -> None:
+    from dicomnode.receiving.validation import STORAGE_SOP_CLASSES
+    from dicomnode.sending.scu import RESULT_SOP_CLASSES
+
+    settings = Settings()
+    scp = {str(sop) for sop, _ in scp_presentation_contexts(settings)}
+    assert scp == {str(s) for s in STORAGE_SOP_CLASSES} | {VERIFICATION}
+    scu = scu_presentation_contexts()
+    assert [str(sop) for sop, _ in scu] == [str(s) for s in RESULT_SOP_CLASSES]
+    assert all(ts for _, ts in scu), "every SCU SOP class has transfer syntaxes"
+
+
+def test_statement_follows_the_settings() -> None:
+    settings = Settings.model_validate(
+        {
+            "dicom": {"ae_title": "MYNODE", "port": 4100, "allowed_calling_aets": ["PACS1", "PACS2"],
+                      "acse_timeout_s": 12, "max_associations": 3},
+            "destination": {"ae_title": "ARCHIVE", "host": "127.0.0.1", "port": 4242, "max_attempts": 5},
+            "outputs": {"content_qualification": "PRODUCT"},
+        }
+    )
+    md = render_markdown(build_statement(settings))
+    assert "### AE MYNODE: Storage SCP and Verification SCP" in md
+    assert "Listens on: 127.0.0.1 port 4100 (TCP)" in md
+    assert "Calling AE titles accepted: PACS1, PACS2" in md
+    assert "| ACSE timeout | dicom.acse_timeout_s | 12 s |" in md
+    assert "Maximum simultaneous associations: 3" in md
+    assert "Destination: ARCHIVE at 127.0.0.1:4242" in md
+    assert "up to 5 attempts" in md
+    assert "Content Qualification PRODUCT" in md
+    assert "TLS: not configured" in md
+    # Coded concepts come from dicomnode.outputs.codes, findings from the label table.
+    assert "| CERTAINTY_OF_FINDING | 111012 | DCM | Certainty of Finding |" in md
+    assert "| pneumonia | 233604007 | SCT | Pneumonia | standard |" in md
+
+
+@pytest.mark.slow  # builds a timm model (torch import)
+def test_statement_lists_only_the_models_labels(tmp_path: Path) -> None:
+    from tests.helpers import make_tiny_model
+
+    manifest = make_tiny_model(tmp_path / "m", labels=("pneumonia", "odd finding"))
+    md = render_markdown(build_statement(Settings.model_validate({"model": {"name": str(manifest)}})))
+    rows = [line for line in md.splitlines() if line.startswith(("| pneumonia |", "| odd finding |"))]
+    assert len(rows) == 2
+    assert "private (99DCMNODE)" in rows[1]
+    assert "| atelectasis |" not in md
+
+
+def test_cli_writes_md_and_html(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DICOMNODE_DICOM__AE_TITLE", "ENVNODE")
+    monkeypatch.delenv("DICOMNODE_CONFIG", raising=False)
+    runner = CliRunner()
+    md = runner.invoke(app, ["conformance"])
+    assert md.exit_code == 0, md.output
+    assert md.output.startswith("# DICOM Conformance Statement")
+    assert "AE title: ENVNODE" in md.output
+    out = tmp_path / "dcs.html"
+    written = runner.invoke(app, ["conformance", "--format", "HTML", "--out", str(out)])
+    assert written.exit_code == 0, written.output
+    assert out.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+    assert "ENVNODE" in out.read_text(encoding="utf-8")
+    bad = runner.invoke(app, ["conformance", "--format", "pdf"])
+    assert bad.exit_code == 2
