@@ -193,7 +193,7 @@ class OutputSettings(_Group):
     institution_name: str | None = None
     sc_series_description: str = "AI heatmap - not for diagnostic use"
     sr_series_description: str = "AI findings - not for diagnostic use"
-    content_qualification: Literal["RESEARCH", "PRODUCT", "DEVELOPMENT"] = "RESEARCH"
+    content_qualification: Literal["RESEARCH", "PRODUCT", "SERVICE"] = "RESEARCH"
     sc_series_number: int = Field(default=9901, ge=1)
     sr_series_number: int = Field(default=9902, ge=1)
     max_heatmap_side: int = Field(default=1024, ge=64, le=4096, description="pixels, long side of the SC")

@@ -168,18 +168,22 @@ def build_study_outputs(
     Raises:
         OutputBuildError: an object could not be built or failed validation.
     """
-    from pydicom.uid import generate_uid
-
     from dicomnode.explain.render import render_overlay
     from dicomnode.outputs.sc import build_heatmap_sc
     from dicomnode.outputs.sr import build_findings_sr
+    from dicomnode.outputs.uids import derived_uid
     from dicomnode.outputs.validate import validate_result
 
     if not analyses:
         return []
     identity = runner.identity
     built: list[BuiltObject] = []
-    sc_series_uid = generate_uid()
+    # Series (and, in the builders, instance) UIDs derive from the study, the sources and the
+    # weights: re-running a job after a crash rewrites the same objects, and a PACS that
+    # receives them twice replaces instead of duplicating.
+    study_uid = str(analyses[0].image.header.StudyInstanceUID)
+    sc_series_uid = derived_uid("heatmap-series", study_uid, identity.weights_sha256)
+    sr_series_uid = derived_uid("findings-series", study_uid, identity.weights_sha256)
     heatmap_datasets: list[Dataset | None] = []
     try:
         for number, analysis in enumerate(analyses, start=1):
@@ -207,7 +211,7 @@ def build_study_outputs(
             [a.image.header for a in analyses],
             [a.prediction for a in analyses],
             heatmap_datasets,
-            series_instance_uid=generate_uid(),
+            series_instance_uid=sr_series_uid,
             series_number=outputs.sr_series_number,
             settings=outputs,
             identity=identity,
