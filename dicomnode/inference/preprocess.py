@@ -79,7 +79,7 @@ def _decode(ds: Dataset) -> np.ndarray:
 def _modality(arr: np.ndarray, ds: Dataset) -> np.ndarray:
     """Apply the Modality LUT; returns float32 modality values (H, W)."""
     if ds.get("ModalityLUTSequence"):
-        from pydicom.pixels import apply_modality_lut
+        from pydicom.pixels.processing import apply_modality_lut
 
         try:
             return np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
@@ -101,7 +101,7 @@ def _modality(arr: np.ndarray, ds: Dataset) -> np.ndarray:
 def _first(value: object) -> float:
     """First value of a possibly multi-valued DS element."""
     if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        value = list(value)[0]  # type: ignore[call-overload]
+        value = next(iter(value))  # type: ignore[call-overload]
     return float(value)  # type: ignore[arg-type]
 
 
@@ -121,7 +121,7 @@ def _robust_minmax(values: np.ndarray) -> np.ndarray:
 def _voi(values: np.ndarray, raw: np.ndarray, ds: Dataset) -> np.ndarray:
     """VOI LUT / window / robust min-max; returns float32 in [0, 1] (H, W)."""
     if ds.get("VOILUTSequence"):
-        from pydicom.pixels import apply_voi
+        from pydicom.pixels.processing import apply_voi
 
         try:
             item = ds.VOILUTSequence[0]
@@ -220,7 +220,7 @@ def image_file_to_gray(path: Path) -> np.ndarray:
         raise InferenceError(f"cannot read image {path}: {exc}") from exc
     if min(gray.shape) < MIN_SIDE:
         raise InferenceError(f"image too small: {gray.shape[0]}x{gray.shape[1]} pixels")
-    return np.clip(gray, 0.0, 1.0)
+    return np.asarray(np.clip(gray, 0.0, 1.0), dtype=np.float32)
 
 
 def resize_gray(gray: np.ndarray, size: int, mode: str = "squash") -> np.ndarray:
@@ -236,7 +236,7 @@ def resize_gray(gray: np.ndarray, size: int, mode: str = "squash") -> np.ndarray
     """
     import cv2
 
-    src = np.ascontiguousarray(gray, dtype=np.float32)
+    src: np.ndarray = np.ascontiguousarray(gray, dtype=np.float32)
     h, w = src.shape
     if mode == "pad":
         scale = size / max(h, w)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dicomnode.errors import ModelError
 from dicomnode.inference.manifest import (
@@ -100,7 +100,7 @@ def create_model(manifest: ModelManifest) -> torch.nn.Module:
     """
     import timm
 
-    kwargs: dict[str, object] = {
+    kwargs: dict[str, Any] = {
         "pretrained": False,
         "num_classes": len(manifest.labels),
         "in_chans": manifest.preprocessing.in_chans,

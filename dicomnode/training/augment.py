@@ -58,7 +58,7 @@ def augment_gray(
     """
     import cv2
 
-    img = np.ascontiguousarray(gray, dtype=np.float32)
+    img: np.ndarray = np.ascontiguousarray(gray, dtype=np.float32)
     h, w = img.shape
     if max_side is not None and max(h, w) > max_side:
         scale = max_side / max(h, w)

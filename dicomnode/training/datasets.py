@@ -97,7 +97,7 @@ class LabeledImages:
             DataError: the file cannot be read or decoded.
         """
         if self.arrays is not None:
-            return self.arrays[index].astype(np.float32) / np.float32(255.0)
+            return np.asarray(self.arrays[index], dtype=np.float32) / np.float32(255.0)
         if self.paths is None:
             raise DataError("dataset has neither paths nor arrays")
         cached = self._cache.get(index)
@@ -123,7 +123,7 @@ class LabeledImages:
 
     def positives(self) -> np.ndarray:
         """(L,) number of positive samples per label."""
-        return self.targets.sum(axis=0)
+        return np.asarray(self.targets.sum(axis=0))
 
 
 def load_gray(path: Path) -> np.ndarray:
@@ -176,7 +176,7 @@ def split_indices(
     for value in np.unique(strata):
         members = np.flatnonzero(strata == value)
         members = members[rng.permutation(members.size)]
-        val.append(members[: int(round(val_fraction * members.size))])
+        val.append(members[: round(val_fraction * members.size)])
     val_idx = np.sort(np.concatenate(val)) if val else np.empty(0, dtype=np.int64)
     train_idx = np.setdiff1d(np.arange(n), val_idx)
     if val_idx.size == 0 or train_idx.size == 0:
@@ -282,7 +282,7 @@ def load_medmnist(path: Path, split: Split = Split.ALL) -> tuple[LabeledImages, 
     Raises:
         DataError: the file lacks the expected arrays.
     """
-    file = path if path.is_file() else sorted(path.glob("*.npz"))[0]
+    file = path if path.is_file() else min(path.glob("*.npz"))
     try:
         npz = np.load(file)
         keys = set(npz.files)

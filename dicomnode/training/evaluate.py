@@ -46,7 +46,8 @@ class EvaluationResult:
     def summary(self) -> dict[str, Any]:
         """One model: its flat report. Several: ``{model name: report, ...}``."""
         if len(self.evaluations) == 1:
-            return _clean(self.evaluations[0].report)
+            single: dict[str, Any] = _clean(self.evaluations[0].report)
+            return single
         return {e.name: _clean(e.report) for e in self.evaluations}
 
 

@@ -96,9 +96,35 @@ def _adapt_in_chans(state: dict[str, torch.Tensor], model: torch.nn.Module) -> N
     """Sum RGB stem filters into one channel when the model takes gray input (in place)."""
     own = model.state_dict()
     for key, value in list(state.items()):
-        if key in own and value.ndim == 4 and own[key].ndim == 4:
-            if value.shape[1] == 3 and own[key].shape[1] == 1 and value.shape[0] == own[key].shape[0]:
-                state[key] = value.sum(dim=1, keepdim=True)
+        target = own.get(key)
+        if (
+            target is not None
+            and value.ndim == 4
+            and target.ndim == 4
+            and value.shape[1] == 3
+            and target.shape[1] == 1
+            and value.shape[0] == target.shape[0]
+        ):
+            state[key] = value.sum(dim=1, keepdim=True)
+
+
+def _require_hub(timeout_s: float = 3.0) -> None:
+    """Fail fast when the model hub cannot be reached (offline machines, HF_HUB_OFFLINE=1).
+
+    Raises:
+        ModelError: offline mode is set or huggingface.co does not answer within ``timeout_s``.
+    """
+    import os
+    import socket
+
+    hint = f"use --init random, --init {EFFNET_LITE0_PACKAGE} or --init PATH on offline machines"
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        raise ModelError(f"cannot fetch timm ImageNet weights: HF_HUB_OFFLINE is set; {hint}")
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise ModelError(f"cannot fetch timm ImageNet weights: the model hub is unreachable ({exc}); {hint}") from exc
 
 
 def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
@@ -155,6 +181,7 @@ def initialise(model: torch.nn.Module, arch: str, init: str) -> str:
     if init == IMAGENET:
         import timm
 
+        _require_hub()
         try:
             pretrained = timm.create_model(arch, pretrained=True)
         except Exception as exc:  # hub/network errors come in many types

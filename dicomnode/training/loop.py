@@ -154,6 +154,8 @@ def _resolve_device(name: str) -> torch.device:
 
 def make_preprocessing(config: TrainConfig) -> Preprocessing:
     """Input size, channels and normalisation of the run (ImageNet mean/std for 3 channels)."""
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     if config.in_chans == 3:
         mean, std = IMAGENET_MEAN, IMAGENET_STD
     else:
@@ -236,7 +238,7 @@ def _autocast(device: torch.device) -> Any:
 
 
 def _bar(**kwargs: Any) -> Any:
-    from tqdm import tqdm
+    from tqdm import tqdm  # type: ignore[import-untyped]
 
     return tqdm(file=sys.stderr, dynamic_ncols=True, leave=False, mininterval=2.0, **kwargs)
 
@@ -369,7 +371,7 @@ def train(config: TrainConfig) -> TrainResult:
     optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
     steps_per_epoch = max(1, len(train_data) // config.batch_size)
     total_steps = steps_per_epoch * config.epochs
-    warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
+    warmup_steps = round(config.warmup_epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _lr_lambda(total_steps, warmup_steps, config.min_lr_ratio)
     )

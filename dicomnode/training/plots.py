@@ -76,7 +76,7 @@ def plot_confusion(matrix: np.ndarray, labels: Sequence[str], path: Path, title:
 def plot_reliability(y_true: np.ndarray, y_prob: np.ndarray, path: Path, n_bins: int = 10) -> Path:
     """Reliability diagram (observed positive rate per probability bin) with the ECE."""
     plt = _pyplot()
-    ece, conf, acc, counts = metrics.expected_calibration_error(y_true, y_prob, n_bins)
+    ece, _conf, acc, _counts = metrics.expected_calibration_error(y_true, y_prob, n_bins)
     fig, ax = plt.subplots(figsize=(5, 5))
     centres = (np.arange(n_bins) + 0.5) / n_bins
     ax.bar(centres, np.nan_to_num(acc), width=1.0 / n_bins, edgecolor="black", alpha=0.7, label="observed")
