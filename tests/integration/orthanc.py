@@ -184,6 +184,15 @@ def orthanc_config(
     }
 
 
+#: Options a test Orthanc always takes from :func:`orthanc_config`, whatever ``extra_config`` says.
+_TEST_OWNED_OPTIONS = frozenset(
+    {
+        "DicomAet", "DicomPort", "HttpPort", "StorageDirectory", "IndexDirectory", "DicomModalities",
+        "RemoteAccessAllowed", "AuthenticationEnabled", "SslEnabled", "Plugins", "Name",
+    }
+)
+
+
 @contextmanager
 def run_orthanc(
     folder: Path,
@@ -192,6 +201,7 @@ def run_orthanc(
     dicom_port: int | None = None,
     http_port: int | None = None,
     modalities: Mapping[str, Modality] | None = None,
+    extra_config: Mapping[str, Any] | None = None,
     log_name: str = "orthanc.log",
 ) -> Iterator[Orthanc]:
     """Run Orthanc on 127.0.0.1 until the block ends.
@@ -205,6 +215,8 @@ def run_orthanc(
         dicom_port: DICOM port; None = a free one.
         http_port: REST port; None = a free one.
         modalities: registered DICOM peers by Orthanc name (``/modalities/<name>``).
+        extra_config: further top-level options (e.g. ``"LuaScripts"``); they replace the
+            generated ones of the same name, except ports, folders and modalities.
         log_name: log file name under ``folder``.
 
     Raises:
@@ -216,13 +228,14 @@ def run_orthanc(
     dicom_port = dicom_port or free_port()
     http_port = http_port or free_port()
     registered = dict(modalities or {})
+    settings = {**dict(extra_config or {}), **orthanc_config(
+        folder, ae_title=ae_title, dicom_port=dicom_port, http_port=http_port, modalities=registered
+    )}
+    for key, value in (extra_config or {}).items():
+        if key not in _TEST_OWNED_OPTIONS:
+            settings[key] = value
     config = folder / "orthanc.json"
-    config.write_text(
-        json.dumps(
-            orthanc_config(folder, ae_title=ae_title, dicom_port=dicom_port, http_port=http_port, modalities=registered),
-            indent=2,
-        )
-    )
+    config.write_text(json.dumps(settings, indent=2))
     log = folder / log_name
     with log.open("ab") as handle:
         process = subprocess.Popen([binary, str(config)], stdout=handle, stderr=subprocess.STDOUT, cwd=folder)

@@ -370,3 +370,29 @@ def test_orthanc_refusing_results_shows_failure_in_status(tmp_path: Path, tiny_m
     assert summary["jobs"] == {"done": 1}
     text = _status(tmp_path / "node", as_json=False)
     assert "recent failures" in text
+
+
+def test_compose_orthanc_config_auto_routes_chest_images(tmp_path: Path, tiny_model: Path) -> None:
+    """compose/orthanc.json and its Lua auto-routing on a real Orthanc: a DX study uploaded
+    to Orthanc reaches the node by itself, and the results are not routed back."""
+    compose = json.loads((REPO_ROOT / "compose" / "orthanc.json").read_text())
+    [(name, entry)] = compose["DicomModalities"].items()
+    extra = dict(compose, LuaScripts=[str(REPO_ROOT / "compose" / "orthanc-autoroute.lua")])
+    study_uid, files = _write_study(tmp_path / "study", 2)
+    node_port = free_port()
+    with run_orthanc(tmp_path / "orthanc", ae_title=compose["DicomAet"],
+                     modalities={name: Modality(entry["AET"], node_port)}, extra_config=extra) as orthanc:
+        node = start_node(tmp_path / "node", ["--ae-title", entry["AET"],
+                                              *_node_args(orthanc, tiny_model, stable_after=1)], port=node_port)
+        try:
+            for path in files:
+                orthanc.upload(path)  # no push: the Lua script forwards each DX image
+            results = _wait_for_results(orthanc, study_uid, n_sc=2)
+            time.sleep(3)  # a loop would show up now as a second job or re-received results
+            results = _results_in_orthanc(orthanc, study_uid)
+        finally:
+            _stop(node)
+        assert len(results["sr"]) == 1 and len(results["sc"]) == 2
+    summary = _status(tmp_path / "node")
+    assert summary["jobs"] == {"sent": 1}
+    assert summary["instances"] == {"accepted": 2}, "only the two DX images reached the node"
