@@ -59,11 +59,46 @@ class DicomSettings(_Group):
     dimse_timeout_s: float = Field(default=60.0, gt=0)
     network_timeout_s: float = Field(default=60.0, gt=0)
     maximum_pdu_size: int = Field(default=262144, ge=0)
+    max_pending_connections: int = Field(
+        default=64,
+        ge=1,
+        le=10000,
+        description="open connections without an A-ASSOCIATE-RQ yet (or mid TLS handshake); "
+        "past this the oldest one is closed",
+    )
+    max_dataset_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1024,
+        description="largest C-STORE data set taken (bytes, also after inflating a deflated one); "
+        "a larger one is aborted or refused",
+    )
+    tls_port: int | None = Field(
+        default=None, ge=1, le=65535, description="second port for DICOM TLS (BCP 195, mutual authentication); None = off"
+    )
+    tls_certificate: Path | None = Field(default=None, description="PEM certificate (chain) of the node")
+    tls_private_key: Path | None = Field(default=None, description="PEM private key of tls_certificate")
+    tls_ca_certificates: Path | None = Field(
+        default=None, description="PEM bundle of the CAs whose client certificates are trusted"
+    )
 
     @field_validator("ae_title")
     @classmethod
     def _check_ae(cls, value: str) -> str:
         return validate_ae_title(value)
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> DicomSettings:
+        if self.tls_port is None:
+            return self
+        if self.tls_port == self.port:
+            raise ValueError("tls_port must differ from port")
+        for name in ("tls_certificate", "tls_private_key", "tls_ca_certificates"):
+            path = getattr(self, name)
+            if path is None:
+                raise ValueError(f"{name} is required when tls_port is set (mutual TLS)")
+            if not Path(path).is_file():
+                raise ValueError(f"{name} {path} is not a file")
+        return self
 
     @field_validator("allowed_calling_aets", mode="before")
     @classmethod

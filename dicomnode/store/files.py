@@ -40,11 +40,23 @@ class FileStore:
         """Absolute path for a produced result object."""
         return self._hashed("results", sop_instance_uid)
 
-    def write_atomic(self, path: Path, data: bytes | memoryview) -> None:
+    def write_atomic(self, path: Path, data: bytes | memoryview, *, overwrite: bool = True) -> bool:
         """Write ``data`` to ``path`` all at once or not at all.
 
         A temporary file in the same folder is written, fsynced and renamed over
-        ``path``; on any failure the temporary file is removed.
+        ``path`` (``overwrite=True``) or hard-linked to ``path`` (``overwrite=False``:
+        ``link(2)`` fails when ``path`` exists, so of two processes writing the same
+        path at once exactly one wins and the other's data never replaces it). On
+        any failure the temporary file is removed.
+
+        Args:
+            path: destination inside the data folder.
+            data: the complete file content.
+            overwrite: replace an existing file (True) or leave it alone (False).
+
+        Returns:
+            True when ``data`` is now at ``path``; False when ``overwrite`` is False
+            and ``path`` already existed (it is left unchanged).
 
         Raises:
             StorageError: the folder cannot be created or the write fails (disk full, ...).
@@ -58,8 +70,15 @@ class FileStore:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.replace(tmp_name, path)
-            tmp_name = None
+            if overwrite:
+                os.replace(tmp_name, path)
+                tmp_name = None
+                return True
+            try:
+                os.link(tmp_name, path)
+            except FileExistsError:
+                return False
+            return True
         except OSError as exc:
             raise StorageError(f"cannot write {self.relative(path)}: {exc.strerror or exc}") from exc
         finally:

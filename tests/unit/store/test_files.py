@@ -55,3 +55,28 @@ def test_remove_partials(tmp_path: Path) -> None:
     leftover.write_bytes(b"half")
     assert store.remove_partials() == 1
     assert not leftover.exists()
+
+
+def test_write_without_overwrite_keeps_the_first_file(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    path = store.incoming_path("1.2.3")
+    assert store.write_atomic(path, b"first", overwrite=False) is True
+    assert store.write_atomic(path, b"second", overwrite=False) is False
+    assert path.read_bytes() == b"first"
+    assert list(path.parent.glob(".partial-*")) == []
+    assert store.write_atomic(path, b"third") is True  # the default replaces
+    assert path.read_bytes() == b"third"
+
+
+def test_concurrent_no_clobber_writers_have_one_winner(tmp_path: Path) -> None:
+    """Two processes' worth of writers racing on one path: exactly one write lands."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = FileStore(tmp_path)
+    path = store.incoming_path("1.2.3")
+    payloads = [bytes([n]) * 4096 for n in range(16)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        won = list(pool.map(lambda data: store.write_atomic(path, data, overwrite=False), payloads))
+    assert won.count(True) == 1
+    assert path.read_bytes() == payloads[won.index(True)]
+    assert list(path.parent.glob(".partial-*")) == []
