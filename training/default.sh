@@ -10,4 +10,4 @@ source "$(dirname "$0")/_common.sh"
   --lr 5e-4 --warmup-epochs 0.3 --weight-decay 0.05 --patience 3 \
   --recipe "training/default.sh" \
   --description "EfficientNet-Lite0 (ImageNet init) fine-tuned for pneumonia vs normal on pediatric chest X-rays (Kermany 2018). Research use only, not for diagnosis."
-[ "${SHIP:-0}" = 1 ] && ship default
+if [ "${SHIP:-0}" = 1 ]; then ship default; fi

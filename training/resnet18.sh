@@ -8,4 +8,4 @@ source "$(dirname "$0")/_common.sh"
   --val-fraction 0.15 --seed 0 --init "${INIT:-random}" --threshold-policy youden --augment \
   --lr 1e-3 --warmup-epochs 1 --weight-decay 0.05 --patience 4 \
   --recipe "training/resnet18.sh"
-[ "${SHIP:-0}" = 1 ] && ship resnet18
+if [ "${SHIP:-0}" = 1 ]; then ship resnet18; fi

@@ -8,4 +8,4 @@ source "$(dirname "$0")/_common.sh"
   --val-fraction 0.15 --seed 0 --init "${INIT:-random}" --threshold-policy youden --augment \
   --lr 5e-4 --warmup-epochs 1 --weight-decay 0.05 --patience 4 \
   --recipe "training/vit-small.sh"
-[ "${SHIP:-0}" = 1 ] && ship vit-small
+if [ "${SHIP:-0}" = 1 ]; then ship vit-small; fi

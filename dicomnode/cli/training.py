@@ -192,3 +192,35 @@ def list_models(
             f"{m.folder.name:<14}{m.manifest.architecture:<26}{m.manifest.preprocessing.input_size:>6}"
             f"{auc:>9}{acc:>8}{m.manifest.thresholds[0]:>8.4f}  {','.join(m.manifest.labels)}"
         )
+
+
+def pretrain(
+    data: Annotated[Path, typer.Option(help="Images (any training layout; labels are ignored).")],
+    out: Annotated[Path, typer.Option(help="Output folder for encoder.safetensors.")],
+    arch: Annotated[str, typer.Option(help="timm ViT, e.g. vit_tiny_patch16_224.")] = "vit_tiny_patch16_224",
+    img_size: Annotated[int, typer.Option("--img-size", min=16)] = 112,
+    in_chans: Annotated[int, typer.Option("--in-chans", min=1, max=3)] = 3,
+    epochs: Annotated[int, typer.Option(min=1)] = 20,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+    mask_ratio: Annotated[float, typer.Option("--mask-ratio")] = 0.75,
+    lr: Annotated[float, typer.Option()] = 1.5e-3,
+    seed: Annotated[int, typer.Option()] = 0,
+    max_minutes: Annotated[float | None, typer.Option("--max-minutes")] = None,
+    threads: Annotated[int, typer.Option()] = 0,
+    log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
+) -> None:
+    """Masked-autoencoder pretraining of a ViT on the training images (then: train --init OUT/encoder.safetensors)."""
+    _configure_logging(log_level.upper())
+    from dicomnode.training.pretrain import PretrainConfig
+    from dicomnode.training.pretrain import pretrain as run_pretrain
+
+    config = PretrainConfig(
+        data=data, arch=arch, out=out, img_size=img_size, in_chans=in_chans, epochs=epochs,
+        batch_size=batch_size, mask_ratio=mask_ratio, lr=lr, seed=seed, max_minutes=max_minutes,
+        threads=threads,
+    )
+    try:
+        path = run_pretrain(config)
+    except DicomNodeError as exc:
+        _fail(str(exc))
+    typer.echo(f"wrote {path}; fine-tune with: dicomnode train --arch {arch} --img-size {img_size} --init {path} ...")
