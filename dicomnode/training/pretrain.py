@@ -78,6 +78,7 @@ def _build(config: PretrainConfig) -> tuple[Any, Any]:
     import torch
     from timm.models.vision_transformer import Block
 
+    encoder: Any
     try:
         encoder = timm.create_model(
             config.arch, pretrained=False, num_classes=0, in_chans=config.in_chans, img_size=config.img_size
@@ -145,7 +146,7 @@ def mae_loss(
         tokens = tokens.flatten(1, 2)
     tokens = tokens + encoder.pos_embed[:, 1:]
     b, n, d = tokens.shape
-    keep = max(1, int(round(n * (1 - mask_ratio))))
+    keep = max(1, round(n * (1 - mask_ratio)))
     noise = torch.rand(b, n, generator=generator)
     shuffle = torch.argsort(noise, dim=1)
     restore = torch.argsort(shuffle, dim=1)
@@ -161,7 +162,8 @@ def mae_loss(
     mask[:, :keep] = 0
     mask = torch.gather(mask, 1, restore)
     per_patch = ((pred - target) ** 2).mean(dim=-1)
-    return (per_patch * mask).sum() / mask.sum()
+    loss: torch.Tensor = (per_patch * mask).sum() / mask.sum()
+    return loss
 
 
 def pretrain(config: PretrainConfig) -> Path:
@@ -223,7 +225,7 @@ def pretrain(config: PretrainConfig) -> Path:
             if not torch.isfinite(loss):
                 raise ModelError(f"MAE pretraining diverged at epoch {epoch}")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             scheduler.step()
