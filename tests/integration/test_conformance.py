@@ -19,8 +19,10 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pydicom.dataset import Dataset
 from pydicom.uid import JPEG2000MC, MPEG2MPML, UID, CTImageStorage, generate_uid
 
 from tests.helpers import (
@@ -149,9 +151,9 @@ def test_storescu_ct_is_refused_at_negotiation(node: RunningNode, tmp_path: Path
     assert "presentation context" in (sent.stdout + sent.stderr).lower()
 
 
-def _example_of(sop_class: str, study_uid: str) -> object:
+def _example_of(sop_class: str, study_uid: str) -> Dataset:
     mf = {"1.2.840.10008.5.1.4.1.1.7.2": 8, "1.2.840.10008.5.1.4.1.1.7.3": 12}
-    overrides: dict[str, object] = {}
+    overrides: dict[str, Any] = {}
     bits = 12
     if sop_class in mf:
         bits = mf[sop_class]
@@ -167,7 +169,7 @@ def test_storescu_every_listed_storage_class_is_accepted(node: RunningNode, tmp_
     study_uid = generate_uid()
     for sop_class in storage:
         path = tmp_path / f"{sop_class}.dcm"
-        _example_of(sop_class, study_uid).save_as(path, enforce_file_format=True)  # type: ignore[attr-defined]
+        _example_of(sop_class, study_uid).save_as(path, enforce_file_format=True)
         sent = storescu(node.port, [path], ae_title=NODE_AET, calling=ALLOWED[0])
         assert sent.returncode == 0, f"{sop_class}: {sent.stderr}"
 

@@ -352,7 +352,7 @@ def test_orthanc_refusing_results_shows_failure_in_status(tmp_path: Path, tiny_m
             def all_failed() -> bool:
                 nonlocal summary
                 summary = _status(tmp_path / "node")
-                return summary["results"] == {"failed": 3}
+                return bool(summary["results"] == {"failed": 3})
 
             wait_until(all_failed, WAIT_S, "3 results FAILED after 2 refused attempts", poll_s=1.0)
             in_orthanc = _results_in_orthanc(orthanc, study_uid)
