@@ -283,7 +283,8 @@ def _networking(
                 Bullets(
                     (
                         f"AE title: {dicom.ae_title}",
-                        f"Listens on: {dicom.bind_address} port {dicom.port} (TCP)",
+                        f"Listens on: {dicom.bind_address} port {dicom.port} (TCP)"
+                        + (f", port {dicom.tls_port} (TLS)" if dicom.tls_port is not None else ""),
                         f"Maximum simultaneous associations: {dicom.max_associations}",
                         f"Maximum PDU size received: {pdu}",
                         "Asynchronous operations window: not supported (1 outstanding operation)",
@@ -347,6 +348,10 @@ def _networking(
                         ("Network (idle) timeout", "dicom.network_timeout_s", f"{dicom.network_timeout_s:g} s"),
                         ("Maximum PDU size", "dicom.maximum_pdu_size", pdu),
                         ("Maximum associations", "dicom.max_associations", str(dicom.max_associations)),
+                        ("Maximum connections awaiting negotiation", "dicom.max_pending_connections",
+                         str(dicom.max_pending_connections)),
+                        ("Largest data set accepted", "dicom.max_dataset_bytes", f"{dicom.max_dataset_bytes} bytes"),
+                        ("TLS port", "dicom.tls_port", str(dicom.tls_port) if dicom.tls_port else "(off)"),
                         ("Destination AE title", "destination.ae_title", destination.ae_title),
                         ("Destination host", "destination.host", destination.host or "(none)"),
                         ("Destination port", "destination.port", str(destination.port)),
@@ -440,14 +445,29 @@ def _character_sets() -> Section:
     )
 
 
+def _tls_text(settings: Settings) -> str:
+    dicom = settings.dicom
+    if dicom.tls_port is None:
+        return (
+            "TLS: not configured (dicom.tls_port unset); associations use plain TCP. Run the node on "
+            "a trusted network, or put a TLS tunnel (stunnel, a VPN) in front of it. Results are "
+            "sent over plain TCP."
+        )
+    names = {
+        "certificate": dicom.tls_certificate,
+        "private key": dicom.tls_private_key,
+        "trusted client CAs": dicom.tls_ca_certificates,
+    }
+    files = ", ".join(f"{what} {path.name}" for what, path in names.items() if path is not None)
+    return (
+        f"TLS: DICOM over TLS on port {dicom.tls_port} (Secure Transport Connection Profile, BCP 195) "
+        f"with mutual authentication: a client must present a certificate issued by one of the "
+        f"trusted CAs ({files}). Port {dicom.port} stays plain TCP. Results are sent over plain TCP."
+    )
+
+
 def _security(settings: Settings) -> Section:
     dicom = settings.dicom
-    tls = [
-        f"{group}.{name}"
-        for group, model in (("dicom", dicom), ("destination", settings.destination))
-        for name in type(model).model_fields
-        if ("tls" in name or "ssl" in name) and getattr(model, name)
-    ]
     allow = ", ".join(dicom.allowed_calling_aets) if dicom.allowed_calling_aets else "not set (any calling AE)"
     return Section(
         "Security",
@@ -458,12 +478,10 @@ def _security(settings: Settings) -> Section:
                     "Called AE title check: " + ("on" if dicom.require_called_ae_title else "off") + ".",
                     f"Listening address: {dicom.bind_address}"
                     + (" (loopback only)." if dicom.bind_address in ("127.0.0.1", "::1", "localhost") else "."),
-                    (
-                        "TLS: configured (" + ", ".join(tls) + ")."
-                        if tls
-                        else "TLS: not configured; associations use plain TCP. Run the node on a "
-                        "trusted network, or put a TLS tunnel (stunnel, a VPN) in front of it."
-                    ),
+                    _tls_text(settings),
+                    (f"Resource limits: at most {dicom.max_associations} associations, "
+                    f"{dicom.max_pending_connections} connections waiting for association negotiation, "
+                    f"data sets of at most {dicom.max_dataset_bytes} bytes."),
                     "No user identity negotiation; AE titles are not authentication.",
                     "Logs never contain Patient Name, Patient ID, Birth Date or Accession Number.",
                 )

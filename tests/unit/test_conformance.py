@@ -157,3 +157,27 @@ def test_cli_writes_md_and_html(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert "ENVNODE" in out.read_text(encoding="utf-8")
     bad = runner.invoke(app, ["conformance", "--format", "pdf"])
     assert bad.exit_code == 2
+
+
+def test_statement_describes_tls_when_configured(tmp_path: Path) -> None:
+    files = {}
+    for name in ("node.crt", "node.key", "cas.pem"):
+        files[name] = tmp_path / name
+        files[name].write_text("placeholder\n")
+    settings = Settings.model_validate(
+        {
+            "dicom": {
+                "port": 11112,
+                "tls_port": 2762,
+                "tls_certificate": str(files["node.crt"]),
+                "tls_private_key": str(files["node.key"]),
+                "tls_ca_certificates": str(files["cas.pem"]),
+            }
+        }
+    )
+    md = render_markdown(build_statement(settings))
+    assert "Listens on: 127.0.0.1 port 11112 (TCP), port 2762 (TLS)" in md
+    assert "TLS: DICOM over TLS on port 2762" in md and "mutual authentication" in md
+    assert "cas.pem" in md and str(tmp_path) not in md, "file names only, not host paths"
+    assert "| TLS port | dicom.tls_port | 2762 |" in md
+    assert "TLS: not configured" not in md
