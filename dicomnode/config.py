@@ -10,17 +10,35 @@ sub-settings it needs as an argument.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+    TomlConfigSettingsSource,
+)
 
 from dicomnode.errors import ConfigError
 
 _HHMM_RANGE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
+
+
+def split_list(value: Any) -> Any:
+    """Accept a list as JSON (``'["A", "B"]'``) or comma-separated text (``"A,B"``)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
 
 
 def validate_ae_title(value: str) -> str:
@@ -50,7 +68,7 @@ class DicomSettings(_Group):
     ae_title: str = "DICOMNODE"
     port: int = Field(default=11112, ge=1, le=65535)
     bind_address: str = "127.0.0.1"
-    allowed_calling_aets: list[str] = Field(
+    allowed_calling_aets: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="empty = any calling AE may associate"
     )
     require_called_ae_title: bool = True
@@ -103,9 +121,7 @@ class DicomSettings(_Group):
     @field_validator("allowed_calling_aets", mode="before")
     @classmethod
     def _split_aets(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+        return split_list(value)
 
     @field_validator("allowed_calling_aets")
     @classmethod
@@ -178,7 +194,7 @@ class SchedulerSettings(_Group):
     lease_s: float = Field(default=600.0, gt=0, description="RUNNING jobs older than this are re-queued")
     max_attempts: int = Field(default=3, ge=1, description="inference attempts before FAILED")
     retry_backoff_s: float = Field(default=30.0, ge=0, description="delay before a failed job is retried")
-    batch_windows: list[str] = Field(
+    batch_windows: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description='local-time windows "HH:MM-HH:MM" when batches may run; empty = always',
     )
@@ -186,9 +202,7 @@ class SchedulerSettings(_Group):
     @field_validator("batch_windows", mode="before")
     @classmethod
     def _split_windows(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+        return split_list(value)
 
     @field_validator("batch_windows")
     @classmethod
@@ -301,6 +315,8 @@ def load_settings(config_file: Path | None = None, overrides: dict[str, Any] | N
         sourced = _Sourced(**cleaned)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc)) from exc
+    except SettingsError as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from exc
     return Settings.model_validate(sourced.model_dump())
 
 

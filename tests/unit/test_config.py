@@ -64,3 +64,17 @@ def test_destination_parse() -> None:
 def test_allowed_aets_from_comma_list() -> None:
     settings = load_settings(None, {"dicom": {"allowed_calling_aets": "A, B"}})
     assert settings.dicom.allowed_calling_aets == ["A", "B"]
+
+
+def test_list_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DICOMNODE_DICOM__ALLOWED_CALLING_AETS", "ORTHANC,PACS")
+    monkeypatch.setenv("DICOMNODE_SCHEDULER__BATCH_WINDOWS", '["22:00-06:00"]')
+    settings = load_settings()
+    assert settings.dicom.allowed_calling_aets == ["ORTHANC", "PACS"]
+    assert settings.scheduler.batch_windows == ["22:00-06:00"]
+
+
+def test_bad_environment_value_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DICOMNODE_MODEL__THRESHOLDS", "{not json")
+    with pytest.raises(ConfigError, match="invalid configuration"):
+        load_settings()
