@@ -150,9 +150,8 @@ def _scu_requested_contexts() -> list[PresentationContext]:
     from dicomnode.config import DestinationSettings
     from dicomnode.sending import scu
 
-    # scu exposes no public builder; its private one is the only place the proposed
-    # transfer syntaxes are defined, and reading it keeps this statement from drifting.
-    ae = scu._build_ae(DestinationSettings(), "DICOMNODE")
+    # Built by the same function that sends, so this statement cannot drift from it.
+    ae = scu.build_scu_ae(DestinationSettings(), "DICOMNODE")
     return list(ae.requested_contexts)
 
 

@@ -31,6 +31,8 @@ ENHANCED_SR = UID("1.2.840.10008.5.1.4.1.1.88.22")
 KEY_OBJECT_SELECTION = UID("1.2.840.10008.5.1.4.1.1.88.59")
 #: SOP classes the node produces and may send.
 RESULT_SOP_CLASSES = (SECONDARY_CAPTURE, COMPREHENSIVE_SR, COMPREHENSIVE_3D_SR, ENHANCED_SR, KEY_OBJECT_SELECTION)
+#: Transfer syntaxes proposed for each result SOP class (results are written uncompressed).
+RESULT_TRANSFER_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
 
 @dataclass(frozen=True)
@@ -60,14 +62,15 @@ def set_tcp_nodelay(event: Event) -> None:
             logger.debug("could not set TCP_NODELAY")
 
 
-def _build_ae(destination: DestinationSettings, calling_ae_title: str) -> AE:
+def build_scu_ae(destination: DestinationSettings, calling_ae_title: str) -> AE:
+    """The sending AE: timeouts from ``destination``, one context per result SOP class."""
     ae = AE(ae_title=calling_ae_title)
     ae.acse_timeout = destination.timeout_s
     ae.dimse_timeout = destination.timeout_s
     ae.network_timeout = destination.timeout_s
     ae.connection_timeout = destination.timeout_s
     ae.requested_contexts = [
-        build_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]) for sop_class in RESULT_SOP_CLASSES
+        build_context(sop_class, list(RESULT_TRANSFER_SYNTAXES)) for sop_class in RESULT_SOP_CLASSES
     ]
     return ae
 
@@ -91,7 +94,7 @@ def send_files(destination: DestinationSettings, calling_ae_title: str, paths: S
         raise SendError("no destination configured (set destination.host or --destination AET@HOST:PORT)")
     if not paths:
         return []
-    ae = _build_ae(destination, calling_ae_title)
+    ae = build_scu_ae(destination, calling_ae_title)
     where = f"{destination.ae_title}@{destination.host}:{destination.port}"
     assoc = ae.associate(
         destination.host,
