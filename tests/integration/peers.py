@@ -120,14 +120,46 @@ def wait_until(condition: Callable[[], bool], timeout_s: float, what: str, poll_
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
+#: storescu proposes only uncompressed transfer syntaxes unless told otherwise and cannot
+#: decompress JPEG 2000 itself: a compressed file needs the option proposing its syntax.
+STORESCU_PROPOSAL = {
+    "1.2.840.10008.1.2.4.50": "-xy",  # JPEG baseline
+    "1.2.840.10008.1.2.4.51": "-xx",  # JPEG extended
+    "1.2.840.10008.1.2.4.70": "-xs",  # JPEG lossless SV1
+    "1.2.840.10008.1.2.4.80": "-xt",  # JPEG-LS lossless
+    "1.2.840.10008.1.2.4.81": "-xu",  # JPEG-LS near-lossless
+    "1.2.840.10008.1.2.4.90": "-xv",  # JPEG 2000 lossless
+    "1.2.840.10008.1.2.4.91": "-xw",  # JPEG 2000
+    "1.2.840.10008.1.2.5": "-xr",  # RLE
+}
+
+
 def storescu(port: int, files: list[Path], ae_title: str = "DICOMNODE", calling: str = "MODALITY") -> subprocess.CompletedProcess[str]:
-    """Send files with DCMTK's storescu (full path: pynetdicom's script shadows the name)."""
-    return subprocess.run(
-        [dcmtk("storescu"), "-aet", calling, "-aec", ae_title, "127.0.0.1", str(port), *map(str, files)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    """Send files with DCMTK's storescu (full path: pynetdicom's script shadows the name).
+
+    Files are grouped by transfer syntax, one storescu run (one association) per group,
+    each proposing its syntax. Returns the first failed run, else the last one.
+    """
+    from pydicom import dcmread
+
+    groups: dict[str, list[Path]] = {}
+    for path in files:
+        syntax = str(dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+        groups.setdefault(STORESCU_PROPOSAL.get(syntax, ""), []).append(path)
+    result: subprocess.CompletedProcess[str] | None = None
+    for option, paths in groups.items():
+        result = subprocess.run(
+            [dcmtk("storescu"), "-aet", calling, "-aec", ae_title, *([option] if option else []),
+             "127.0.0.1", str(port), *map(str, paths)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if result.returncode != 0:
+            return result
+    if result is None:
+        raise ValueError("no files to send")
+    return result
 
 
 def dciodvfy_errors(path: Path) -> list[str]:
