@@ -133,16 +133,19 @@ def analyse_images(images: Sequence[PreparedImage], runner: ModelRunner, options
     for start in range(0, len(images), size):
         chunk = images[start : start + size]
         batch = np.stack([image.model_input for image in chunk]).astype(np.float32, copy=False)
-        predictions = runner.predict(batch)
-        wanted = [
-            options.explain == "all" or p.is_positive(p.top_index) for p in predictions
-        ]
-        heatmaps: list[np.ndarray | None] = [None] * len(chunk)
-        if any(wanted):
-            indices = [i for i, w in enumerate(wanted) if w]
-            maps = runner.explain(batch[indices], [predictions[i].top_index for i in indices])
-            for position, i in enumerate(indices):
-                heatmaps[i] = maps[position]
+        heatmaps: list[np.ndarray | None]
+        if options.explain == "all":
+            # One forward pass gives the predictions and the Grad-CAM of every image.
+            predictions, heatmaps = runner.predict_and_explain(batch)
+        else:
+            # Cheap inference-mode pass for all, the gradient pass for positives only.
+            predictions = runner.predict(batch)
+            heatmaps = [None] * len(chunk)
+            positives = [i for i, p in enumerate(predictions) if p.is_positive(p.top_index)]
+            if positives:
+                maps = runner.explain(batch[positives], [predictions[i].top_index for i in positives])
+                for position, i in enumerate(positives):
+                    heatmaps[i] = maps[position]
         analyses.extend(ImageAnalysis(img, pred, heat) for img, pred, heat in zip(chunk, predictions, heatmaps))
     return analyses
 
