@@ -14,29 +14,43 @@ one of those UIDs is not a valid UID                  0xC221 cannot understand
 command UIDs differ from the data set's               0xA900 data set does not match SOP class
 SOP class of the data set is not one we take          0x0122 SOP class not supported
 not a chest / not usable (``validation.classify``)    0x0000, stored, Instance row SKIPPED
+deflated data set inflating past ``max_dataset_bytes``  0xC223 cannot understand
 file or database write fails                          0xA700 out of resources, file removed
 same SOP Instance UID again                           0x0000, first copy kept, nothing changes
 unexpected error in this module                       0x0110 processing failure
 ====================================================  =======================================
 
-Only an instance that is on disk (fsynced, renamed) and recorded in a committed
-transaction is answered 0x0000. Logs carry the SOP Instance UID and the calling AE
-title, never patient data.
+Only an instance that is on disk (fsynced, linked into place) and recorded in a
+committed transaction is answered 0x0000. Logs carry the SOP Instance UID and the
+calling AE title, never patient data.
+
+Duplicates (same SOP Instance UID): the first recorded copy wins, always. A
+repeat with the same data set bytes is logged at INFO; one whose bytes differ
+(other pixels, other header, or only another transfer syntax) is logged at
+WARNING with both sizes and counted in :class:`ReceiveCounters`; neither changes
+the stored file, the database or the results. Check-write-record runs under a
+per-UID lock that holds across processes (``flock`` on ``<data_dir>/locks``), so
+two receivers sharing a data folder cannot both store one UID, and the file is
+linked into place without ever replacing another process's file.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
+import struct
 import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -44,6 +58,7 @@ from dicomnode.domain import InstanceState
 from dicomnode.errors import RejectedInstance, StorageError
 from dicomnode.receiving.validation import (
     STATUS_CANNOT_UNDERSTAND,
+    STATUS_DATASET_TOO_LARGE,
     STATUS_INVALID_UID,
     STATUS_MISMATCH,
     STATUS_MISSING_UID,
@@ -68,18 +83,69 @@ logger = logging.getLogger(__name__)
 STATUS_SUCCESS: Final = 0x0000
 STATUS_PROCESSING_FAILURE: Final = 0x0110
 _LOCK_STRIPES: Final = 64
+_INFLATE_CHUNK: Final = 4 * 1024 * 1024
+#: Folder (under the data folder) of the per-UID lock files shared by receivers.
+LOCK_FOLDER: Final = "locks"
+
+
+#: Default for ``ReceiveContext.max_dataset_bytes`` (``DicomSettings.max_dataset_bytes``).
+DEFAULT_MAX_DATASET_BYTES: Final = 256 * 1024 * 1024
 
 
 class _UidLocks:
-    """Striped locks so that two associations storing the same SOP Instance UID at
-    once are serialised (check-duplicate -> write -> record is then atomic per UID
-    within this process)."""
+    """Striped per-UID locks, within this process (threads) and across processes
+    (``flock`` on one of ``stripes`` lock files), so that check-duplicate -> write ->
+    record is atomic per SOP Instance UID for every receiver on one data folder."""
 
     def __init__(self, stripes: int = _LOCK_STRIPES) -> None:
         self._locks = tuple(threading.Lock() for _ in range(stripes))
 
+    def _stripe(self, uid: str) -> int:
+        return zlib.crc32(uid.encode("ascii", "replace")) % len(self._locks)
+
     def for_uid(self, uid: str) -> threading.Lock:
-        return self._locks[zlib.crc32(uid.encode("ascii", "replace")) % len(self._locks)]
+        """The in-process lock of ``uid``'s stripe."""
+        return self._locks[self._stripe(uid)]
+
+    @contextmanager
+    def hold(self, uid: str, lock_dir: Path) -> Iterator[None]:
+        """Hold ``uid``'s stripe in this process and across processes.
+
+        Raises:
+            OSError: the lock file cannot be created or locked (disk full, read-only).
+        """
+        stripe = self._stripe(uid)
+        with self._locks[stripe]:
+            lock_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock_dir / f"{stripe:02d}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)  # releases the flock
+
+
+@dataclass
+class ReceiveCounters:
+    """Counts of notable outcomes since the receiver started (in memory, logged).
+
+    Attributes:
+        duplicates: repeats of an already stored SOP Instance UID, same bytes.
+        conflicting_duplicates: repeats whose data set bytes differ from the stored copy.
+    """
+
+    duplicates: int = 0
+    conflicting_duplicates: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def count(self, conflicting: bool) -> int:
+        """Count one duplicate; returns the running total of its kind."""
+        with self._lock:
+            if conflicting:
+                self.conflicting_duplicates += 1
+                return self.conflicting_duplicates
+            self.duplicates += 1
+            return self.duplicates
 
 
 @dataclass(frozen=True)
@@ -90,11 +156,16 @@ class ReceiveContext:
         files: the data folder where received Part-10 files are written.
         sessionmaker: factory of database sessions (``store.db.make_sessionmaker``).
         clock: current time as naive UTC (the database convention), injectable for tests.
+        max_dataset_bytes: largest data set taken, after inflating a deflated one
+            (``start_scp`` sets it from ``DicomSettings.max_dataset_bytes``).
+        counters: duplicate counts of this process.
     """
 
     files: FileStore
     sessionmaker: sessionmaker[Session]
     clock: Callable[[], datetime] = queue.utcnow
+    max_dataset_bytes: int = DEFAULT_MAX_DATASET_BYTES
+    counters: ReceiveCounters = field(default_factory=ReceiveCounters, compare=False)
     _locks: _UidLocks = field(default_factory=_UidLocks, repr=False, compare=False)
 
 
@@ -138,7 +209,7 @@ def handle_store(event: Event, context: ReceiveContext) -> int:
     calling_ae = _calling_ae(event)
     try:
         try:
-            ds, header = _read_header(event)
+            ds, header = _read_header(event, context)
         except RejectedInstance as exc:
             logger.warning(
                 "refused C-STORE %s from %s: 0x%04X %s",
@@ -155,19 +226,22 @@ def handle_store(event: Event, context: ReceiveContext) -> int:
         return STATUS_PROCESSING_FAILURE
 
 
-def _read_header(event: Event) -> tuple[Dataset, _Header]:
+def _read_header(event: Event, context: ReceiveContext) -> tuple[Dataset, _Header]:
     """Parse the data set and check its identifying UIDs against the command.
 
     Raises:
         RejectedInstance: with the status to answer.
     """
+    transfer_syntax = UID(event.context.transfer_syntax)
+    if transfer_syntax == DeflatedExplicitVRLittleEndian:
+        _check_inflated_size(event, context.max_dataset_bytes)
     try:
         ds = event.dataset
     except Exception as exc:
         raise RejectedInstance(
             STATUS_CANNOT_UNDERSTAND, f"data set cannot be decoded ({type(exc).__name__})"
         ) from exc
-    check_structure(ds, UID(event.context.transfer_syntax))
+    check_structure(ds, transfer_syntax)
 
     header = _Header(
         sop_class_uid=_required_uid(ds, "SOPClassUID"),
@@ -197,6 +271,43 @@ def _read_header(event: Event) -> tuple[Dataset, _Header]:
     return ds, header
 
 
+def _check_inflated_size(event: Event, limit: int) -> None:
+    """Inflate a deflated data set in bounded steps before pydicom does it unbounded.
+
+    pynetdicom inflates with one ``zlib.decompress`` call, so a few hundred KiB of
+    deflated zeros would become gigabytes. Here at most ``limit`` bytes are
+    produced and the data set is refused if more would follow.
+
+    Raises:
+        RejectedInstance: ``0xC223`` when it inflates past ``limit``, ``0xC210``
+            when the deflate stream is corrupt.
+    """
+    raw = getattr(event.request, "DataSet", None)
+    payload: bytes = raw.getvalue() if raw is not None and hasattr(raw, "getvalue") else b""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    pending: bytes = payload
+    total = 0
+    try:
+        while True:  # bounded: each round consumes input or ends
+            total += len(inflater.decompress(pending, _INFLATE_CHUNK))
+            if total > limit:
+                raise RejectedInstance(
+                    STATUS_DATASET_TOO_LARGE,
+                    f"deflated data set of {len(payload)} bytes inflates past max_dataset_bytes ({limit})",
+                )
+            pending = inflater.unconsumed_tail
+            if not pending:
+                break
+        total += len(inflater.flush())
+    except zlib.error as exc:
+        raise RejectedInstance(STATUS_CANNOT_UNDERSTAND, "deflated data set is corrupt") from exc
+    if total > limit:
+        raise RejectedInstance(
+            STATUS_DATASET_TOO_LARGE,
+            f"deflated data set of {len(payload)} bytes inflates past max_dataset_bytes ({limit})",
+        )
+
+
 def _required_uid(ds: Dataset, keyword: str) -> str:
     """A present, single-valued, valid UID attribute.
 
@@ -219,62 +330,113 @@ def _persist(
 ) -> int:
     """Write the received bytes and record the instance; the status to answer."""
     uid = header.sop_instance_uid
+    try:
+        with context._locks.hold(uid, context.files.data_dir / LOCK_FOLDER):
+            return _persist_locked(event, context, header, verdict, calling_ae)
+    except OSError as exc:  # the lock file cannot be created or locked
+        logger.error("cannot lock %s from %s: %s", uid, calling_ae, type(exc).__name__)
+        return STATUS_OUT_OF_RESOURCES
+
+
+def _persist_locked(
+    event: Event, context: ReceiveContext, header: _Header, verdict: Verdict, calling_ae: str
+) -> int:
+    """:func:`_persist` with the UID's lock held (in this process and across processes)."""
+    uid = header.sop_instance_uid
     path = context.files.incoming_path(uid)
-    with context._locks.for_uid(uid):
-        try:
-            with context.sessionmaker() as session:
-                duplicate = queue.instance_exists(session, uid)
-        except (SQLAlchemyError, OSError) as exc:
-            logger.error(
-                "database unavailable for %s from %s: %s", uid, calling_ae, type(exc).__name__
-            )
-            return STATUS_OUT_OF_RESOURCES
-        if duplicate:
-            logger.info(
-                "duplicate %s from %s: already stored, kept the first copy", uid, calling_ae
-            )
-            return STATUS_SUCCESS
+    try:
+        with context.sessionmaker() as session:
+            duplicate = queue.instance_exists(session, uid)
+    except (SQLAlchemyError, OSError) as exc:
+        logger.error("database unavailable for %s from %s: %s", uid, calling_ae, type(exc).__name__)
+        return STATUS_OUT_OF_RESOURCES
+    if duplicate:
+        _log_duplicate(event, context, path, uid, calling_ae)
+        return STATUS_SUCCESS
 
-        # The raw bytes as received (no re-encoding), behind a fresh File Meta header.
-        data = event.encoded_dataset(include_meta=True)
-        try:
+    # The raw bytes as received (no re-encoding), behind a fresh File Meta header.
+    data = event.encoded_dataset(include_meta=True)
+    try:
+        if not context.files.write_atomic(path, data, overwrite=False):
+            # A file but no row: left by a crash between writing and committing (no
+            # receiver is mid-write, we hold the UID's lock). Never acknowledged, so
+            # this copy replaces it.
+            logger.warning("replacing the unrecorded file of %s left by an earlier crash", uid)
             context.files.write_atomic(path, data)
-        except StorageError as exc:
-            logger.error("cannot store %s from %s: %s", uid, calling_ae, exc)
-            return STATUS_OUT_OF_RESOURCES
-        del data
+    except StorageError as exc:
+        logger.error("cannot store %s from %s: %s", uid, calling_ae, exc)
+        return STATUS_OUT_OF_RESOURCES
+    del data
 
-        accepted = isinstance(verdict, Accept)
-        skip_reason = None if isinstance(verdict, Accept) else verdict.reason
-        try:
-            with context.sessionmaker.begin() as session:
-                created = queue.record_instance(
-                    session,
-                    study_instance_uid=header.study_instance_uid,
-                    series_instance_uid=header.series_instance_uid,
-                    sop_instance_uid=uid,
-                    sop_class_uid=header.sop_class_uid,
-                    path=context.files.relative(path),
-                    state=InstanceState.ACCEPTED if accepted else InstanceState.SKIPPED,
-                    skip_reason=skip_reason,
-                    calling_ae_title=calling_ae,
-                    now=context.clock(),
-                )
-        except BaseException as exc:
-            _discard(context, path, uid)
-            if isinstance(exc, SQLAlchemyError | OSError):
-                logger.error("cannot record %s from %s: %s", uid, calling_ae, type(exc).__name__)
-                return STATUS_OUT_OF_RESOURCES
-            raise
+    accepted = isinstance(verdict, Accept)
+    skip_reason = None if isinstance(verdict, Accept) else verdict.reason
+    try:
+        with context.sessionmaker.begin() as session:
+            created = queue.record_instance(
+                session,
+                study_instance_uid=header.study_instance_uid,
+                series_instance_uid=header.series_instance_uid,
+                sop_instance_uid=uid,
+                sop_class_uid=header.sop_class_uid,
+                path=context.files.relative(path),
+                state=InstanceState.ACCEPTED if accepted else InstanceState.SKIPPED,
+                skip_reason=skip_reason,
+                calling_ae_title=calling_ae,
+                now=context.clock(),
+            )
+    except BaseException as exc:
+        _discard(context, path, uid)
+        if isinstance(exc, SQLAlchemyError | OSError):
+            logger.error("cannot record %s from %s: %s", uid, calling_ae, type(exc).__name__)
+            return STATUS_OUT_OF_RESOURCES
+        raise
 
     if not created:
-        # Another process recorded the same UID between our check and our insert.
+        # A receiver on another host (no shared lock) recorded it between our check and insert.
         logger.info("duplicate %s from %s: recorded concurrently", uid, calling_ae)
     elif accepted:
         logger.info("stored %s from %s", uid, calling_ae)
     else:
         logger.info("stored %s from %s, skipped: %s", uid, calling_ae, skip_reason)
     return STATUS_SUCCESS
+
+
+def _log_duplicate(
+    event: Event, context: ReceiveContext, path: Path, uid: str, calling_ae: str
+) -> None:
+    """Log and count a repeat of a stored instance (the first copy always wins)."""
+    incoming = event.encoded_dataset(include_meta=False)
+    try:
+        stored = _dataset_part(path.read_bytes())
+    except OSError:
+        stored = None
+    if stored == incoming:
+        total = context.counters.count(conflicting=False)
+        logger.info(
+            "duplicate %s from %s: identical to the stored copy, kept the first (%d since start)",
+            uid,
+            calling_ae,
+            total,
+        )
+        return
+    total = context.counters.count(conflicting=True)
+    logger.warning(
+        "duplicate %s from %s with DIFFERENT content (%d bytes, stored copy %s bytes): "
+        "kept the first copy (%d conflicting duplicates since start)",
+        uid,
+        calling_ae,
+        len(incoming),
+        "unreadable" if stored is None else len(stored),
+        total,
+    )
+
+
+def _dataset_part(raw: bytes) -> bytes | None:
+    """The data set bytes of a Part-10 file we wrote (after preamble and File Meta)."""
+    if len(raw) < 144 or raw[128:132] != b"DICM" or raw[132:136] != b"\x02\x00\x00\x00":
+        return None
+    (group_length,) = struct.unpack_from("<I", raw, 140)
+    return raw[144 + group_length :]
 
 
 def _discard(context: ReceiveContext, path: Path, uid: str) -> None:

@@ -6,16 +6,21 @@ are supported; any other SOP class (CT, MR, MG, ...) is refused at association
 negotiation. Each is offered with every transfer syntax pydicom can decode here.
 
 Nothing happens at import time. ``serve`` builds the AE with :func:`build_ae` and
-starts it with :func:`start_scp`; :func:`stop_scp` drains and stops it.
+starts it with :func:`start_scp` (plus a second, TLS-only port when ``tls_port`` is
+set); :func:`stop_scp` drains and stops both. Hostile-peer protections (PDU length
+checks, timeouts, association limits that silent sockets cannot exhaust, the TLS
+handshake off the accept loop) live in :mod:`dicomnode.receiving.guard`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
+import ssl
 import threading
 import time
-from typing import TYPE_CHECKING, Final
+from typing import Any, Final
 
 from pydicom.uid import (
     HTJ2K,
@@ -41,11 +46,16 @@ from pynetdicom.events import EventHandlerType
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomnode.config import DicomSettings
+from dicomnode.receiving.guard import (
+    ConnectionLimits,
+    NodeRequestHandler,
+    PendingConnections,
+    handle_conn_close,
+    handle_requested,
+    peer_name,
+)
 from dicomnode.receiving.handlers import ReceiveContext, handle_echo, handle_store
 from dicomnode.receiving.validation import STORAGE_SOP_CLASSES
-
-if TYPE_CHECKING:
-    import ssl
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +91,10 @@ COMPRESSED_TRANSFER_SYNTAXES: Final[tuple[UID, ...]] = (
 LISTEN_BACKLOG: Final = 128
 #: How often the accept loop checks for a stop request (s); bounds stop latency.
 _POLL_INTERVAL_S: Final = 0.2
+#: pynetdicom's own association limit counts every acceptor thread, silent
+#: connections included; ``guard.handle_requested`` enforces ``max_associations``
+#: instead, so the built-in check is set out of reach.
+_PYNETDICOM_LIMIT_OFF: Final = 1_000_000
 
 
 def decodable_transfer_syntaxes() -> tuple[UID, ...]:
@@ -102,12 +116,24 @@ def decodable_transfer_syntaxes() -> tuple[UID, ...]:
 
 
 class NodeAssociationServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server with TCP_NODELAY on every accepted socket.
+    """pynetdicom's threaded server, hardened against hostile or broken peers.
 
-    Nagle's algorithm delays the small C-STORE-RSP PDU until the peer's delayed ACK
-    (~40 ms on Linux loopback), which caps a sender at ~20 instances/s. The option
-    is set per accepted socket in :meth:`get_request`, pynetdicom's documented hook
-    for wrapping client sockets, so no pynetdicom module global is touched.
+    * TCP_NODELAY on every accepted socket: Nagle's algorithm delays the small
+      C-STORE-RSP PDU until the peer's delayed ACK (~40 ms on Linux loopback),
+      which caps a sender at ~20 instances/s.
+    * Every accepted connection is registered in :attr:`pending` until its
+      A-ASSOCIATE-RQ arrives; the oldest is closed when too many wait.
+    * TLS (``tls_context``) is not done here in the accept loop, as pynetdicom's
+      ``ssl_context`` would, but by :class:`~dicomnode.receiving.guard.NodeRequestHandler`
+      in the connection's own thread, so a slow handshake delays nobody else.
+
+    Args:
+        *args: as ``ThreadedAssociationServer``.
+        limits: the node's connection limits.
+        pending: registry of connections without a request yet (shared by the
+            node's plain and TLS servers).
+        tls_context: server TLS context, or None for plain TCP.
+        **kwargs: as ``ThreadedAssociationServer``.
     """
 
     request_queue_size = LISTEN_BACKLOG
@@ -115,13 +141,31 @@ class NodeAssociationServer(ThreadedAssociationServer):
     # are too, so a stuck peer can never keep the process alive. stop_scp() drains.
     daemon_threads = True
 
+    def __init__(
+        self,
+        *args: Any,
+        limits: ConnectionLimits,
+        pending: PendingConnections,
+        tls_context: ssl.SSLContext | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.limits = limits
+        self.pending = pending
+        self.tls_context = tls_context
+        #: The node's TLS server when this is the plain one and TLS is configured.
+        self.tls_server: NodeAssociationServer | None = None
+        kwargs["request_handler"] = NodeRequestHandler
+        super().__init__(*args, **kwargs)
+
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        """Accept a connection (TLS-wrapped when configured) and disable Nagle on it."""
-        client_socket, address = super().get_request()
+        """Accept a connection, disable Nagle on it and register it as pending."""
+        assert self.socket is not None
+        client_socket, address = self.socket.accept()
         try:
             client_socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError as exc:  # e.g. not a TCP socket; never worth refusing the peer
             logger.debug("cannot set TCP_NODELAY: %s", exc)
+        self.pending.add(client_socket, peer_name(address))
         return client_socket, address
 
 
@@ -129,16 +173,18 @@ def build_ae(settings: DicomSettings) -> AE:
     """Build the node's application entity (not started).
 
     Args:
-        settings: AE title, association limit, ACSE/DIMSE/network timeouts (s),
-            maximum PDU size (bytes, 0 = unlimited), calling-AE allow-list
-            (empty = any) and whether the called AE title must match ours.
+        settings: AE title, ACSE/DIMSE/network timeouts (s), maximum PDU size
+            (bytes, 0 = unlimited up to guard.UNLIMITED_PDU_CEILING_BYTES),
+            calling-AE allow-list (empty = any) and whether the called AE title
+            must match ours. ``max_associations`` is enforced by
+            :func:`~dicomnode.receiving.guard.handle_requested`, not here.
 
     Returns:
         A pynetdicom AE with the storage contexts of :data:`STORAGE_SOP_CLASSES`
         and Verification as SCP.
     """
     ae = AE(ae_title=settings.ae_title)
-    ae.maximum_associations = settings.max_associations
+    ae.maximum_associations = _PYNETDICOM_LIMIT_OFF  # see guard.handle_requested
     ae.acse_timeout = settings.acse_timeout_s
     ae.dimse_timeout = settings.dimse_timeout_s
     ae.network_timeout = settings.network_timeout_s
@@ -157,14 +203,29 @@ def build_ae(settings: DicomSettings) -> AE:
     return ae
 
 
+def connection_limits(settings: DicomSettings) -> ConnectionLimits:
+    """The :class:`~dicomnode.receiving.guard.ConnectionLimits` of ``settings``."""
+    return ConnectionLimits(
+        max_associations=settings.max_associations,
+        max_pending_connections=settings.max_pending_connections,
+        max_dataset_bytes=settings.max_dataset_bytes,
+        network_timeout_s=settings.network_timeout_s,
+        acse_timeout_s=settings.acse_timeout_s,
+    )
+
+
 def start_scp(
     settings: DicomSettings,
     context: ReceiveContext,
     *,
     block: bool = False,
     ssl_context: ssl.SSLContext | None = None,
-) -> ThreadedAssociationServer:
+) -> NodeAssociationServer:
     """Build the AE and listen on ``settings.bind_address:settings.port``.
+
+    When ``settings.tls_port`` is set, a second server on that port speaks only
+    DICOM TLS with mutual authentication (:func:`dicomnode.receiving.tls.server_context`).
+    Both share one AE, so ``max_associations`` counts the associations of both.
 
     Args:
         settings: the node's DICOM settings (see :func:`build_ae`).
@@ -174,50 +235,74 @@ def start_scp(
             handlers stay responsive: a ``KeyboardInterrupt`` or ``SystemExit``
             raised here (SIGINT, or a SIGTERM handler calling ``sys.exit``) stops
             the server with :func:`stop_scp` and propagates.
-        ssl_context: server-side TLS context, or None for plain TCP.
+        ssl_context: server-side TLS context for ``settings.port`` itself, or None
+            for plain TCP there.
 
     Returns:
-        The running server (``block=False``); with ``block=True`` the call only
-        ends by the exception that stopped it.
-        ``server.server_address`` holds the bound ``(host, port)``.
+        The running server on ``settings.port`` (``block=False``), its TLS sibling
+        in ``server.tls_server``; with ``block=True`` the call only ends by the
+        exception that stopped it. ``server.server_address`` holds the bound
+        ``(host, port)``.
 
     Raises:
-        OSError: the address cannot be bound (port in use, not permitted).
+        OSError: an address cannot be bound (port in use, not permitted).
+        ConfigError: the TLS certificate, key or CA file cannot be loaded.
     """
     ae = build_ae(settings)
+    limits = connection_limits(settings)
+    pending = PendingConnections(settings.max_pending_connections)
+    context = dataclasses.replace(context, max_dataset_bytes=settings.max_dataset_bytes)
     handlers: list[EventHandlerType] = [
         (evt.EVT_C_STORE, handle_store, [context]),
         (evt.EVT_C_ECHO, handle_echo),
+        (evt.EVT_REQUESTED, handle_requested, [limits, pending]),
+        (evt.EVT_CONN_CLOSE, handle_conn_close, [pending]),
     ]
-    server = ae.make_server(
-        (settings.bind_address, settings.port),
-        ssl_context=ssl_context,
-        evt_handlers=handlers,
-        server_class=NodeAssociationServer,
-    )
-    # AE.start_server() does the same registration; AE.shutdown() and the server's own
-    # shutdown() (which removes itself from this list) rely on it.
-    ae._servers.append(server)
-    thread = threading.Thread(
-        target=server.serve_forever,
-        kwargs={"poll_interval": _POLL_INTERVAL_S},
-        name="dicomnode-scp",
-        daemon=True,
-    )
-    thread.start()
+
+    def make(port: int, tls: ssl.SSLContext | None) -> NodeAssociationServer:
+        server = ae.make_server(
+            (settings.bind_address, port),
+            evt_handlers=handlers,
+            server_class=NodeAssociationServer,
+            limits=limits,
+            pending=pending,
+            tls_context=tls,
+        )
+        assert isinstance(server, NodeAssociationServer)
+        # AE.start_server() does the same registration; AE.shutdown() and the server's
+        # own shutdown() (which removes itself from this list) rely on it.
+        ae._servers.append(server)
+        return server
+
+    server = make(settings.port, ssl_context)
+    if settings.tls_port is not None:
+        from dicomnode.receiving.tls import server_context
+
+        try:
+            server.tls_server = make(settings.tls_port, server_context(settings))
+        except BaseException:
+            server.server_close()
+            ae._servers.remove(server)
+            raise
+    threads = [_serve_in_thread(server, "dicomnode-scp")]
+    if server.tls_server is not None:
+        threads.append(_serve_in_thread(server.tls_server, "dicomnode-scp-tls"))
     host, port = server.server_address[:2]
     logger.info(
-        "listening as %s on %s:%s (%d transfer syntaxes, calling AEs: %s)",
+        "listening as %s on %s:%s%s%s (%d transfer syntaxes, calling AEs: %s, max %d associations)",
         settings.ae_title,
         host,
         port,
+        " (TLS)" if ssl_context is not None else "",
+        f", DICOM TLS on {host}:{settings.tls_port}" if settings.tls_port is not None else "",
         len(ae.supported_contexts[0].transfer_syntax),
         ",".join(settings.allowed_calling_aets) or "any",
+        settings.max_associations,
     )
     if block:
         try:
-            while thread.is_alive():
-                thread.join(timeout=0.5)
+            while all(thread.is_alive() for thread in threads):
+                threads[0].join(timeout=0.5)
         except (KeyboardInterrupt, SystemExit):
             logger.info("interrupted: stopping the SCP")
             stop_scp(server)
@@ -225,11 +310,22 @@ def start_scp(
     return server
 
 
+def _serve_in_thread(server: NodeAssociationServer, name: str) -> threading.Thread:
+    thread = threading.Thread(
+        target=server.serve_forever,
+        kwargs={"poll_interval": _POLL_INTERVAL_S},
+        name=name,
+        daemon=True,
+    )
+    thread.start()
+    return thread
+
+
 def stop_scp(server: ThreadedAssociationServer, *, grace_s: float = 5.0) -> None:
     """Stop accepting, let running associations finish for ``grace_s``, abort the rest.
 
-    Safe to call from a signal handler in the thread that called
-    ``start_scp(block=True)``, and idempotent.
+    Stops the TLS sibling (``server.tls_server``) too. Safe to call from a signal
+    handler in the thread that called ``start_scp(block=True)``, and idempotent.
 
     Args:
         server: what :func:`start_scp` returned.
@@ -240,20 +336,30 @@ def stop_scp(server: ThreadedAssociationServer, *, grace_s: float = 5.0) -> None
     if getattr(server, "_dicomnode_stopped", False):
         return
     server._dicomnode_stopped = True  # type: ignore[attr-defined]
-    # Stop the accept loop and close the listening socket first, so that no new
+    servers: list[ThreadedAssociationServer] = [server]
+    sibling = getattr(server, "tls_server", None)
+    if sibling is not None:
+        servers.append(sibling)
+    # Stop the accept loops and close the listening sockets first, so that no new
     # association starts while we drain (serve_forever runs in another thread, so
     # this cannot deadlock).
-    try:
-        server.shutdown()
-    except (OSError, ValueError) as exc:
-        logger.debug("server shutdown: %s", exc)
+    for each in servers:
+        try:
+            each.shutdown()
+        except (OSError, ValueError) as exc:
+            logger.debug("server shutdown: %s", exc)
     deadline = time.monotonic() + max(grace_s, 0.0)
+
+    def active() -> list[Any]:
+        return [a for each in servers for a in each.active_associations]
+
     # Only established associations can be mid-transfer; ones still waiting for an
     # A-ASSOCIATE-RQ (a port probe, a silent client) are aborted at once.
-    while any(a.is_established for a in server.active_associations) and time.monotonic() < deadline:
+    while any(a.is_established for a in active()) and time.monotonic() < deadline:
         time.sleep(0.05)
-    for assoc in server.active_associations:
+    for assoc in active():
         if assoc.is_established:
             logger.warning("aborting association with %s at shutdown", assoc.requestor.ae_title)
         assoc.abort()
-    logger.info("stopped listening on %s:%s", *server.server_address[:2])
+    for each in servers:
+        logger.info("stopped listening on %s:%s", *each.server_address[:2])

@@ -57,15 +57,16 @@ class RunningScp:
 
 def run_scp(context: ReceiveContext, **overrides: Any) -> RunningScp:
     """Start an SCP on a free loopback port and wait until it accepts connections."""
-    settings = DicomSettings(
-        ae_title=NODE_AE,
-        port=free_port(),
-        bind_address="127.0.0.1",
-        acse_timeout_s=5,
-        dimse_timeout_s=10,
-        network_timeout_s=10,
-        **overrides,
-    )
+    values: dict[str, Any] = {
+        "ae_title": NODE_AE,
+        "port": free_port(),
+        "bind_address": "127.0.0.1",
+        "acse_timeout_s": 5,
+        "dimse_timeout_s": 10,
+        "network_timeout_s": 10,
+    }
+    values.update(overrides)
+    settings = DicomSettings(**values)
     server = start_scp(settings, context)
     wait_for_port(settings.port, timeout_s=10)
     return RunningScp(settings=settings, server=server, context=context)

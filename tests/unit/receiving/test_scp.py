@@ -18,6 +18,7 @@ from dicomnode.receiving.handlers import ReceiveContext
 from dicomnode.receiving.scp import (
     VERIFICATION_SOP_CLASS,
     build_ae,
+    connection_limits,
     decodable_transfer_syntaxes,
     stop_scp,
 )
@@ -43,7 +44,8 @@ def test_build_ae_applies_settings() -> None:
     )
     ae = build_ae(settings)
     assert ae.ae_title == "NODE1"
-    assert ae.maximum_associations == 7
+    # max_associations is enforced by guard.handle_requested (silent sockets don't count)
+    assert connection_limits(settings).max_associations == 7
     assert (ae.acse_timeout, ae.dimse_timeout, ae.network_timeout) == (3, 4, 5)
     assert ae.maximum_pdu_size == 65536
     assert ae.require_calling_aet == ["MODALITY1", "PACS"]
