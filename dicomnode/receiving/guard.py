@@ -427,7 +427,10 @@ class NodeRequestHandler(RequestHandler):
                 wrapped = tls_context.wrap_socket(raw, server_side=True)
             except (ssl.SSLError, OSError) as exc:
                 reason = getattr(exc, "reason", None) or type(exc).__name__
-                logger.warning("TLS handshake with %s failed: %s", peer, reason)
+                if isinstance(exc, ssl.SSLEOFError) or reason == "UNEXPECTED_EOF_WHILE_READING":
+                    logger.info("%s closed the connection before the TLS handshake", peer)
+                else:
+                    logger.warning("TLS handshake with %s failed: %s", peer, reason)
                 pending.discard(key)
                 _close_quietly(raw)
                 return
