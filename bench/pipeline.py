@@ -1,0 +1,112 @@
+"""Pipeline benchmark: the node's batch pipeline vs the raw model forward + Grad-CAM.
+
+Reference (same run, same model, same batch size): ``ModelRunner.predict_and_explain``
+on already-prepared tensors — one forward pass and the Grad-CAM of every image,
+nothing else — and, for context, pytorch-grad-cam's stock ``GradCAM`` call.
+Pipeline: ``pipeline.process_jobs`` on claimed jobs whose files are on disk: read +
+decode + window + resize, the same forward + Grad-CAM, overlay rendering, SC + SR
+building and validation, atomic writes. Ratio = pipeline img/s / reference img/s
+(target >= 0.8).
+
+    .venv/bin/python bench/pipeline.py [--model default] [--images 48] [--batch-size 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_dx_files  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="default", help="model name or manifest path")
+    parser.add_argument("--images", type=int, default=48, help="images (one study each)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--rows", type=int, default=2048)
+    parser.add_argument("--cols", type=int, default=2048)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--explain", default="all", choices=["all", "positive"])
+    args = parser.parse_args()
+
+    import torch
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from dicomnode.config import OutputSettings
+    from dicomnode.explain.gradcam import find_cam_target
+    from dicomnode.inference.preprocess import dicom_to_input
+    from dicomnode.inference.registry import resolve_manifest
+    from dicomnode.inference.runner import ModelRunner
+    from dicomnode.pipeline import PipelineOptions, process_jobs
+    from dicomnode.store.files import FileStore
+    from dicomnode.store.queue import ClaimedInstance, ClaimedJob, utcnow
+    from pydicom import dcmread
+
+    runner = ModelRunner.from_loaded(resolve_manifest(args.model), device=args.device)
+    identity = runner.identity
+    print(f"# pipeline: model {identity.name} ({identity.architecture}) on {runner.device}, "
+          f"batch {args.batch_size}, {args.images} images {args.rows}x{args.cols} 16-bit, "
+          f"torch threads {torch.get_num_threads()}")
+    with tempfile.TemporaryDirectory(prefix="dicomnode-bench-") as tmp:
+        work = Path(tmp)
+        sources = write_dx_files(work / "src", args.images, args.rows, args.cols)
+        files = FileStore(work / "data")
+        claims = []
+        for n, source in enumerate(sources):
+            ds = dcmread(source, stop_before_pixels=True)
+            target = files.incoming_path(str(ds.SOPInstanceUID))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(source.read_bytes())
+            claims.append(ClaimedJob(n + 1, str(ds.StudyInstanceUID), utcnow(),
+                                     (ClaimedInstance(str(ds.SOPInstanceUID), files.relative(target)),)))
+        prepared = np.stack([dicom_to_input(dcmread(p), runner.manifest.preprocessing) for p in sources])
+        batches = [prepared[i : i + args.batch_size] for i in range(0, len(prepared), args.batch_size)]
+
+        # Warm-up (allocator, first-call costs, imports).
+        runner.predict_and_explain(batches[0])
+        process_jobs(claims[: args.batch_size], runner, files, PipelineOptions(OutputSettings(), args.batch_size, args.explain))
+
+        start = time.perf_counter()
+        for batch in batches:
+            runner.predict_and_explain(batch)
+        reference_s = time.perf_counter() - start
+
+        target = find_cam_target(runner.model, runner.manifest.cam_target_layer)
+        flags = [p.requires_grad for p in runner.model.parameters()]
+        for parameter in runner.model.parameters():
+            parameter.requires_grad_(True)  # stock Grad-CAM back-propagates through the whole model
+        start = time.perf_counter()
+        with GradCAM(runner.model, [target.layer], reshape_transform=target.reshape_transform) as cam:
+            for batch in batches:
+                tensor = torch.from_numpy(batch).to(runner.device)
+                cam(tensor, targets=[ClassifierOutputTarget(0)] * len(batch))
+        stock_s = time.perf_counter() - start
+        for parameter, flag in zip(runner.model.parameters(), flags):
+            parameter.requires_grad_(flag)
+
+        options = PipelineOptions(OutputSettings(), args.batch_size, args.explain)
+        start = time.perf_counter()
+        for i in range(0, len(claims), args.batch_size):
+            outcomes = process_jobs(claims[i : i + args.batch_size], runner, files, options)
+            failed = [o.error for o in outcomes if o.error]
+            if failed:
+                raise SystemExit(f"pipeline failed: {failed[0]}")
+        pipeline_s = time.perf_counter() - start
+
+    n = len(sources)
+    print(f"reference forward+Grad-CAM (runner)   {n / reference_s:8.1f} img/s")
+    print(f"stock pytorch-grad-cam GradCAM        {n / stock_s:8.1f} img/s")
+    print(f"node pipeline (decode..write)         {n / pipeline_s:8.1f} img/s")
+    print(f"ratio pipeline/reference: {reference_s / pipeline_s:.2f}")
+
+
+if __name__ == "__main__":
+    main()
