@@ -133,21 +133,26 @@ def analyse_images(images: Sequence[PreparedImage], runner: ModelRunner, options
     for start in range(0, len(images), size):
         chunk = images[start : start + size]
         batch = np.stack([image.model_input for image in chunk]).astype(np.float32, copy=False)
-        heatmaps: list[np.ndarray | None]
-        if options.explain == "all":
-            # One forward pass gives the predictions and the Grad-CAM of every image.
-            predictions, heatmaps = runner.predict_and_explain(batch)
-        else:
-            # Cheap inference-mode pass for all, the gradient pass for positives only.
-            predictions = runner.predict(batch)
-            heatmaps = [None] * len(chunk)
-            positives = [i for i, p in enumerate(predictions) if p.is_positive(p.top_index)]
-            if positives:
-                maps = runner.explain(batch[positives], [predictions[i].top_index for i in positives])
-                for position, i in enumerate(positives):
-                    heatmaps[i] = maps[position]
+        # One forward pass gives the predictions and the Grad-CAM (backward through the
+        # head only) of every image to explain.
+        predictions, heatmaps = runner.predict_and_explain(batch, positive_only=options.explain == "positive")
         analyses.extend(ImageAnalysis(img, pred, heat) for img, pred, heat in zip(chunk, predictions, heatmaps))
     return analyses
+
+
+def unpad_heatmap(heatmap: np.ndarray, image_shape: tuple[int, ...], resize: str) -> np.ndarray:
+    """The part of an (S, S) heatmap that covers the image (letterboxed inputs have bars).
+
+    Mirrors ``preprocess.resize_gray(mode="pad")``: the image is centred, long side = S.
+    """
+    if resize != "pad":
+        return heatmap
+    size = heatmap.shape[0]
+    height, width = image_shape[:2]
+    scale = size / max(height, width)
+    nh, nw = max(1, round(height * scale)), max(1, round(width * scale))
+    top, left = (size - nh) // 2, (size - nw) // 2
+    return heatmap[top : top + nh, left : left + nw]
 
 
 def legend_lines(prediction: Prediction, runner: ModelRunner) -> list[str]:
@@ -195,7 +200,7 @@ def build_study_outputs(
                 continue
             overlay = render_overlay(
                 analysis.image.display,
-                analysis.heatmap,
+                unpad_heatmap(analysis.heatmap, analysis.image.display.shape, runner.manifest.preprocessing.resize),
                 max_side=outputs.max_heatmap_side,
                 legend=legend_lines(analysis.prediction, runner),
             )

@@ -114,3 +114,13 @@ def test_analyse_files_groups_by_study(tmp_path: Path, runner: ModelRunner) -> N
     assert list(written) == [study]
     assert len(written[study]) == 3
     assert all(p.exists() for p in written[study])
+
+
+def test_unpad_heatmap_crops_the_letterbox() -> None:
+    from dicomnode.pipeline import unpad_heatmap
+
+    heat = np.zeros((64, 64), np.float32)
+    heat[16:48, :] = 1.0  # a 2:1 wide image letterboxed into 64x64 fills rows 16..47
+    cropped = unpad_heatmap(heat, (100, 200), "pad")
+    assert cropped.shape == (32, 64) and float(cropped.min()) == 1.0
+    assert unpad_heatmap(heat, (100, 200), "squash") is heat
