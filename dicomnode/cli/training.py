@@ -204,7 +204,10 @@ def pretrain(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
     mask_ratio: Annotated[float, typer.Option("--mask-ratio")] = 0.75,
     lr: Annotated[float, typer.Option()] = 1.5e-3,
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: Annotated[int, typer.Option(help="Seed (also of the validation split left out).")] = 0,
+    val_fraction: Annotated[
+        float, typer.Option("--val-fraction", help="Validation part (same seed as train) left out; 0 = use all.")
+    ] = 0.15,
     max_minutes: Annotated[float | None, typer.Option("--max-minutes")] = None,
     threads: Annotated[int, typer.Option()] = 0,
     log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
@@ -216,7 +219,8 @@ def pretrain(
 
     config = PretrainConfig(
         data=data, arch=arch, out=out, img_size=img_size, in_chans=in_chans, epochs=epochs,
-        batch_size=batch_size, mask_ratio=mask_ratio, lr=lr, seed=seed, max_minutes=max_minutes,
+        batch_size=batch_size, mask_ratio=mask_ratio, lr=lr, seed=seed, val_fraction=val_fraction,
+        max_minutes=max_minutes,
         threads=threads,
     )
     try:
@@ -224,3 +228,17 @@ def pretrain(
     except DicomNodeError as exc:
         _fail(str(exc))
     typer.echo(f"wrote {path}; fine-tune with: dicomnode train --arch {arch} --img-size {img_size} --init {path} ...")
+
+
+def _standalone() -> typer.Typer:
+    """These commands as their own app: ``python -m dicomnode.cli.training pretrain ...``."""
+    standalone = typer.Typer(no_args_is_help=True)
+    standalone.command("train")(train)
+    standalone.command("evaluate")(evaluate)
+    standalone.command("pretrain")(pretrain)
+    standalone.add_typer(models_app, name="models")
+    return standalone
+
+
+if __name__ == "__main__":
+    _standalone()()

@@ -23,7 +23,7 @@ import numpy as np
 
 from dicomnode.errors import ModelError
 from dicomnode.training.augment import AugmentConfig
-from dicomnode.training.datasets import DataFormat, load_dataset
+from dicomnode.training.datasets import DataFormat, load_dataset, split_indices
 
 if TYPE_CHECKING:
     import torch
@@ -50,7 +50,10 @@ class PretrainConfig:
         weight_decay: AdamW weight decay.
         decoder_dim: decoder width.
         decoder_depth: decoder transformer blocks.
-        seed: RNG seed.
+        seed: RNG seed; also the seed of the validation split left out.
+        val_fraction: the stratified validation part that ``train`` will carve with the same
+            seed is left out of pretraining (0 uses every image), so validation figures of
+            the fine-tuned model stay on images the encoder never saw.
         max_minutes: stop between epochs when the next one would overrun this budget.
         threads: torch CPU threads (0: default).
     """
@@ -69,6 +72,7 @@ class PretrainConfig:
     decoder_dim: int = 128
     decoder_depth: int = 2
     seed: int = 0
+    val_fraction: float = 0.15
     max_minutes: float | None = None
     threads: int = 0
 
@@ -184,7 +188,11 @@ def pretrain(config: PretrainConfig) -> Path:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     config.out.mkdir(parents=True, exist_ok=True)
-    data, extra = load_dataset(config.data, config.fmt)
+    data, own_val = load_dataset(config.data, config.fmt)
+    if own_val is None and config.val_fraction > 0:
+        train_idx, _ = split_indices(data.targets, config.val_fraction, config.seed)
+        data = data.subset(train_idx)
+    logger.info("MAE pretraining %s on %d images", config.arch, len(data))
     data.cache_images = True
     mean = IMAGENET_MEAN if config.in_chans == 3 else (0.5,)
     std = IMAGENET_STD if config.in_chans == 3 else (0.25,)
@@ -247,5 +255,4 @@ def pretrain(config: PretrainConfig) -> Path:
                 break
     payload = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
     (config.out / "pretrain_config.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    del extra
     return config.out / ENCODER_FILENAME
