@@ -7,8 +7,10 @@ no pixel decoding and never inference. Each step's failure maps to one DIMSE sta
 ====================================================  =======================================
 what happened                                         status
 ====================================================  =======================================
-data set cannot be parsed / broken encapsulation      0xC210 cannot understand
+data set cannot be parsed / broken encapsulation /    0xC210 cannot understand
+  encoding differs from the transfer syntax
 native pixel data length does not fit the dimensions  0xC222 cannot understand
+text value over its VR's length / control characters  0xC224 cannot understand
 SOP Instance/Class, Study or Series UID missing       0xC220 cannot understand
 one of those UIDs is not a valid UID                  0xC221 cannot understand
 command UIDs differ from the data set's               0xA900 data set does not match SOP class

@@ -37,6 +37,7 @@ from typing import Final
 
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
 from dicomnode.errors import RejectedInstance
@@ -67,6 +68,7 @@ STATUS_MISSING_UID: Final = 0xC220
 STATUS_INVALID_UID: Final = 0xC221
 STATUS_PIXEL_LENGTH: Final = 0xC222
 STATUS_DATASET_TOO_LARGE: Final = 0xC223
+STATUS_INVALID_VALUE: Final = 0xC224
 STATUS_MISMATCH: Final = 0xA900
 STATUS_SOP_CLASS_NOT_SUPPORTED: Final = 0x0122
 STATUS_OUT_OF_RESOURCES: Final = 0xA700
@@ -89,6 +91,17 @@ _VIEW_WORDS: Final = frozenset(
 )  # fmt: skip
 _RADIOGRAPHY_MODALITIES: Final = frozenset({"CR", "DX", "RG", "DR", "OT"})
 _GRAYSCALE: Final = frozenset({"MONOCHROME1", "MONOCHROME2"})
+#: Longest value per text VR in characters (0 = no limit: only control characters
+#: are checked). PN: per component group. DA and TM allow the ACR-NEMA forms
+#: ("yyyy.mm.dd", 10) and the 16 characters of older editions.
+_TEXT_LIMITS: Final = {
+    "AE": 16, "AS": 4, "CS": 16, "DA": 10, "DS": 16, "DT": 26, "IS": 12, "LO": 64,
+    "LT": 10240, "PN": 64, "SH": 16, "ST": 1024, "TM": 16, "UI": 64, "UC": 0, "UT": 0,
+}  # fmt: skip
+#: Control characters a text value may carry: ESC (ISO 2022 code extensions) in any
+#: VR; also TAB, LF, FF, CR in the free-text VRs LT, ST and UT.
+_CONTROLS_ANY: Final = frozenset("\x1b")
+_TEXT_CONTROLS: Final = frozenset("\x1b\t\n\x0c\r")
 _UNDEFINED_LENGTH: Final = 0xFFFFFFFF
 _ITEM_TAG: Final = 0xE000FFFE  # (FFFE,E000) read as little-endian uint32 of group, element
 _SEQ_DELIM_TAG: Final = 0xE0DDFFFE
@@ -146,11 +159,15 @@ def check_structure(ds: Dataset, transfer_syntax: UID) -> None:
         transfer_syntax: the presentation context's transfer syntax.
 
     Raises:
-        RejectedInstance: ``0xC210`` when an element cannot be parsed or the
-            encapsulation is broken, ``0xC222`` when the native pixel data length
-            does not match Rows x Columns x SamplesPerPixel x NumberOfFrames x
-            BitsAllocated.
+        RejectedInstance: ``0xC210`` when an element cannot be parsed, the
+            encapsulation is broken or the encoding is not the transfer syntax's
+            (implicit VR data on an explicit VR context or the reverse),
+            ``0xC222`` when the native pixel data length does not match Rows x
+            Columns x SamplesPerPixel x NumberOfFrames x BitsAllocated, ``0xC224``
+            when a text value is longer than its VR allows or holds control
+            characters.
     """
+    _check_encoding(ds, transfer_syntax)
     try:
         _parse_all(ds, depth=0)
     except RejectedInstance:
@@ -174,6 +191,26 @@ def check_structure(ds: Dataset, transfer_syntax: UID) -> None:
         raise RejectedInstance(
             STATUS_PIXEL_LENGTH,
             f"native PixelData is {len(value)} bytes but its dimensions need {expected}",
+        )
+
+
+def _check_encoding(ds: Dataset, transfer_syntax: UID) -> None:
+    """Refuse implicit VR data on an explicit VR context and the reverse.
+
+    pydicom silently switches between implicit and explicit VR when the first
+    element does not fit the expected one (and pynetdicom then labels the data set
+    with the context's transfer syntax), so the stored file would lie about its
+    encoding. The raw elements still say how they were read.
+    """
+    first = next(iter(ds.keys()), None)  # the first element tells (iterating ds converts)
+    if first is None:
+        return
+    raw = ds.get_item(first)
+    if isinstance(raw, RawDataElement) and raw.is_implicit_VR != transfer_syntax.is_implicit_VR:
+        found = "implicit" if raw.is_implicit_VR else "explicit"
+        raise RejectedInstance(
+            STATUS_CANNOT_UNDERSTAND,
+            f"data set is {found} VR but the transfer syntax is {transfer_syntax.name}",
         )
 
 
@@ -203,6 +240,32 @@ def _parse_all(ds: Dataset, depth: int) -> None:
         if elem.VR == "SQ":
             for item in elem.value:
                 _parse_all(item, depth + 1)
+        elif elem.VR in _TEXT_LIMITS and elem.value is not None:
+            _check_text(tag, elem.VR, elem.value)
+
+
+def _check_text(tag: object, vr: str, value: object) -> None:
+    """Refuse a text value over its VR's length limit (PS3.5 table 6.2-1) or with
+    control characters, so such values never reach the result objects that copy them.
+
+    Raises:
+        RejectedInstance: ``0xC224``; the reason names the tag and VR, never the value.
+    """
+    limit = _TEXT_LIMITS[vr]
+    allowed = _TEXT_CONTROLS if vr in ("LT", "ST", "UT") else _CONTROLS_ANY
+    values = value if isinstance(value, MultiValue | list | tuple) else (value,)
+    for item in values:
+        text = str(item).rstrip("\x00 ")
+        # PN: the limit applies to each component group (alphabetic=ideographic=phonetic).
+        parts = text.split("=") if vr == "PN" else (text,)
+        if limit and any(len(part) > limit for part in parts):
+            raise RejectedInstance(
+                STATUS_INVALID_VALUE, f"{vr} value of {tag} is longer than {limit} characters"
+            )
+        if any((ord(ch) < 0x20 and ch not in allowed) or ord(ch) == 0x7F for ch in text):
+            raise RejectedInstance(
+                STATUS_INVALID_VALUE, f"{vr} value of {tag} contains control characters"
+            )
 
 
 def _native_length(ds: Dataset) -> int | None:

@@ -264,6 +264,9 @@ def test_data_set_over_the_size_limit_is_aborted_and_not_stored(
         assert assoc.is_established
         status = assoc.send_c_store(big)
         assert not status  # no response: the association was aborted
+        deadline = time.monotonic() + SLACK_S
+        while assoc.is_established and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert not assoc.is_established
         assoc = associate(running.port, [(DX_PRESENTATION_STORAGE, SYNTAXES)])
         assert int(assoc.send_c_store(small).Status) == 0x0000
