@@ -44,8 +44,10 @@ VERIFICATION = "1.2.840.10008.1.1"
 SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 
 
-def _send(port: int, *datasets: pydicom.Dataset) -> list[int]:
-    assoc = associate(port, [(DX_PRESENTATION_STORAGE, SYNTAXES), (CR_IMAGE_STORAGE, SYNTAXES)])
+def _send(port: int, *datasets: pydicom.Dataset, calling: str = "TESTSCU") -> list[int]:
+    assoc = associate(
+        port, [(DX_PRESENTATION_STORAGE, SYNTAXES), (CR_IMAGE_STORAGE, SYNTAXES)], calling=calling
+    )
     assert assoc.is_established
     try:
         return [int(assoc.send_c_store(ds).Status) for ds in datasets]
@@ -332,3 +334,129 @@ sys.exit(3)
     assert process.returncode == 0 and "stopped" in out
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+def test_duplicates_are_counted_and_conflicts_logged(
+    scp: RunningScp, store_engine: Engine, data_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = make_cxr_dataset(seed=1)
+    conflicting = make_cxr_dataset(seed=2)
+    for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        setattr(conflicting, keyword, getattr(first, keyword))
+    conflicting.file_meta.MediaStorageSOPInstanceUID = first.SOPInstanceUID
+    with caplog.at_level(logging.INFO, logger="dicomnode.receiving.handlers"):
+        assert _send(scp.port, first, first, conflicting, conflicting) == [0x0000] * 4
+    counters = scp.context.counters
+    assert (counters.duplicates, counters.conflicting_duplicates) == (1, 2)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2 and all(
+        "DIFFERENT content" in w and first.SOPInstanceUID in w for w in warnings
+    )
+    [path] = _files(data_dir)
+    assert pydicom.dcmread(path).PixelData == first.PixelData  # the first copy won
+    assert len(_instances(store_engine)) == 1
+
+
+def test_unrecorded_file_left_by_a_crash_is_replaced(
+    scp: RunningScp, store_engine: Engine, data_dir: Path
+) -> None:
+    ds = make_cxr_dataset()
+    stale = FileStore(data_dir).incoming_path(ds.SOPInstanceUID)
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_bytes(b"half a file from a receiver killed before its commit")
+    assert _send(scp.port, ds) == [0x0000]
+    assert pydicom.dcmread(stale).PixelData == ds.PixelData
+    assert len(_instances(store_engine)) == 1
+
+
+@pytest.mark.parametrize("keyword", ["StudyInstanceUID", "SeriesInstanceUID"])
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "/etc/passwd",
+        "..\\..\\windows",
+        "1.2.3'; DROP TABLE instance;--",
+        "1.2.3\\1.2.4",
+        "1." + "9" * 80,
+    ],
+    ids=["absolute", "backslashes", "sql", "multi-valued", "overlong"],
+)
+def test_hostile_study_and_series_uids_are_refused(
+    scp: RunningScp, store_engine: Engine, data_dir: Path, keyword: str, hostile: str
+) -> None:
+    ds = make_cxr_dataset()
+    with pytest.MonkeyPatch.context() as patch:  # let the SCU write an invalid value
+        patch.setattr(pydicom.config.settings, "writing_validation_mode", pydicom.config.IGNORE)
+        setattr(ds, keyword, hostile)
+        status = _send(scp.port, ds)[0]
+    assert status in (STATUS_INVALID_UID, STATUS_INVALID_VALUE)
+    assert _instances(store_engine) == [] and _files(data_dir) == []
+    assert [
+        p for p in data_dir.parent.rglob("*") if p.is_file() and data_dir not in p.parents
+    ] == []
+    with Session(store_engine) as session:  # the tables are intact
+        assert session.scalars(select(Job)).all() == []
+
+
+_RECEIVER = """
+import sys
+from pathlib import Path
+from dicomnode.config import DicomSettings, StoreSettings
+from dicomnode.receiving.handlers import ReceiveContext
+from dicomnode.receiving.scp import start_scp
+from dicomnode.store.db import make_engine, make_sessionmaker
+from dicomnode.store.files import FileStore
+data = Path(sys.argv[1])
+context = ReceiveContext(FileStore(data), make_sessionmaker(make_engine(StoreSettings(data_dir=data))))
+try:
+    start_scp(DicomSettings(port=int(sys.argv[2])), context, block=True)
+except KeyboardInterrupt:
+    sys.exit(0)
+"""
+
+
+@pytest.mark.slow
+def test_two_receiver_processes_racing_on_one_uid_store_it_once(
+    data_dir: Path, store_engine: Engine
+) -> None:
+    """Two processes on one data folder get the same UIDs (different bytes) at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ports = [free_port(), free_port()]
+    processes = [
+        subprocess.Popen([sys.executable, "-c", _RECEIVER, str(data_dir), str(port)], cwd=REPO_ROOT)
+        for port in ports
+    ]
+    try:
+        for port in ports:
+            wait_for_port(port, timeout_s=30)
+        pairs = []
+        for n in range(12):
+            a = make_cxr_dataset(seed=2 * n)
+            b = make_cxr_dataset(seed=2 * n + 1)
+            for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+                setattr(b, keyword, getattr(a, keyword))
+            b.file_meta.MediaStorageSOPInstanceUID = a.SOPInstanceUID
+            pairs.append((a, b))
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            first = pool.submit(_send, ports[0], *(a for a, _ in pairs), calling="SENDERA")
+            second = pool.submit(_send, ports[1], *(b for _, b in pairs), calling="SENDERB")
+            statuses = first.result(timeout=120) + second.result(timeout=120)
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGINT)
+        for process in processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+    assert statuses == [0x0000] * 24
+    rows = {row.sop_instance_uid: row for row in _instances(store_engine)}
+    assert len(rows) == 12
+    files = FileStore(data_dir)
+    for a, b in pairs:
+        # The copy on disk is the one whose receiver recorded it (first copy wins).
+        winner = a if rows[a.SOPInstanceUID].calling_ae_title == "SENDERA" else b
+        assert pydicom.dcmread(files.incoming_path(a.SOPInstanceUID)).PixelData == winner.PixelData
+    assert len(_files(data_dir)) == 12  # no partial or extra file
