@@ -306,7 +306,10 @@ def test_sr_uses_settings(cxr_dataset: Dataset, identity: ModelIdentity) -> None
 def test_sr_rejects_content_qualification_dicom_does_not_define(
     cxr_dataset: Dataset, identity: ModelIdentity
 ) -> None:
-    settings = OutputSettings(content_qualification="DEVELOPMENT")
+    with pytest.raises(ValueError, match="content_qualification"):
+        OutputSettings(content_qualification="DEVELOPMENT")  # type: ignore[arg-type]
+    # The builder keeps its own guard for settings built without validation.
+    settings = OutputSettings.model_construct(content_qualification="DEVELOPMENT")
     prediction = Prediction(labels=("pneumonia",), probabilities=(0.5,), thresholds=(0.5,))
     with pytest.raises(ValueError, match="DEVELOPMENT"):
         _build([cxr_dataset], [prediction], [None], settings, identity)
