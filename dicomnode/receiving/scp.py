@@ -295,7 +295,7 @@ def start_scp(
         port,
         " (TLS)" if ssl_context is not None else "",
         f", DICOM TLS on {host}:{settings.tls_port}" if settings.tls_port is not None else "",
-        len(ae.supported_contexts[0].transfer_syntax),
+        max(len(cx.transfer_syntax) for cx in ae.supported_contexts),
         ",".join(settings.allowed_calling_aets) or "any",
         settings.max_associations,
     )
