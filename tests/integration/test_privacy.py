@@ -1,0 +1,143 @@
+"""No patient data in any log line, at DEBUG, through every path of a real node.
+
+A ``dicomnode serve --log-level DEBUG`` (plain and TLS ports) receives datasets
+carrying a unique marker in every patient-identifying attribute: one processed
+to results, one skipped (not a chest), one skipped by the batch (corrupt stream),
+a conflicting duplicate, and refused ones (missing UID, overlong and
+control-character values). Then its whole log, and ``dicomnode status``, are
+searched for the markers: zero hits.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import JPEG2000Lossless, generate_uid
+from pynetdicom import AE
+
+from tests.helpers import REPO_ROOT, dcmtk, free_port, make_cxr_dataset, make_tiny_model
+from tests.integration.peers import run_storescp, start_node, wait_until
+from tests.integration.tlscerts import make_certificates, storescu_tls_args
+from tests.unit.receiving import corpus
+
+pytestmark = [pytest.mark.integration, pytest.mark.dcmtk, pytest.mark.slow]
+
+MARKERS = {
+    "PatientName": "Phimarkname^Phimarkgiven",
+    "PatientID": "PHIMARKPID",
+    "PatientBirthDate": "19020304",
+    "AccessionNumber": "PHIMARKACC",
+    "OtherPatientNames": "Phimarkother^Name",
+    "PatientAddress": "PHIMARKSTREET 1",
+    "PatientTelephoneNumbers": "PHIMARKPHONE",
+    "PatientMotherBirthName": "Phimarkmother",
+    "ReferringPhysicianName": "Phimarkdoctor^Who",
+    "StudyID": "PHIMARKSID",
+}
+NEEDLES = ("phimark", "19020304", "1902-03-04")
+
+
+def _mark(ds: Dataset) -> Dataset:
+    for keyword, value in MARKERS.items():
+        setattr(ds, keyword, value)
+    other = Dataset()
+    other.PatientID = "PHIMARKOTHERID"
+    other.IssuerOfPatientID = "PHIMARKISSUER"
+    ds.OtherPatientIDsSequence = [other]
+    return ds
+
+
+def _send(port: int, datasets: list[Dataset]) -> list[int]:
+    ae = AE(ae_title="PRIVACYSCU")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    for pair in sorted(
+        {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets}
+    ):
+        ae.add_requested_context(pair[0], [pair[1]])
+    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMNODE")
+    assert assoc.is_established
+    try:
+        statuses = []
+        for ds in datasets:
+            with pytest.MonkeyPatch.context() as patch:  # some values are invalid on purpose
+                patch.setattr(
+                    pydicom.config.settings, "writing_validation_mode", pydicom.config.IGNORE
+                )
+                status = assoc.send_c_store(ds)
+            statuses.append(int(status.Status) if status else -1)
+        return statuses
+    finally:
+        assoc.release()
+
+
+def test_no_patient_data_in_any_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    certs = make_certificates(tmp_path / "pki")
+    tls_port = free_port()
+    monkeypatch.setenv("DICOMNODE_DICOM__TLS_PORT", str(tls_port))
+    monkeypatch.setenv("DICOMNODE_DICOM__TLS_CERTIFICATE", str(certs.server_cert))
+    monkeypatch.setenv("DICOMNODE_DICOM__TLS_PRIVATE_KEY", str(certs.server_key))
+    monkeypatch.setenv("DICOMNODE_DICOM__TLS_CA_CERTIFICATES", str(certs.ca))
+    monkeypatch.setenv("DICOMNODE_SCHEDULER__MAX_ATTEMPTS", "1")
+    model = make_tiny_model(tmp_path / "model")
+
+    processed = _mark(make_cxr_dataset(seed=1))
+    skipped = _mark(make_cxr_dataset(seed=2, BodyPartExamined="ABDOMEN"))
+    corrupt = _mark(corpus.build_case("corrupt-j2k-stream").dataset)
+    assert corrupt.file_meta.TransferSyntaxUID == JPEG2000Lossless
+    conflicting = _mark(make_cxr_dataset(seed=3))
+    for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        setattr(conflicting, keyword, getattr(processed, keyword))
+    conflicting.file_meta.MediaStorageSOPInstanceUID = processed.SOPInstanceUID
+    missing_uid = _mark(make_cxr_dataset(seed=4))
+    del missing_uid.StudyInstanceUID
+    overlong = _mark(make_cxr_dataset(seed=5))
+    overlong.PatientName = "Phimarklong^" + "X" * 200
+    control = _mark(make_cxr_dataset(seed=6))
+    control.PatientID = "PHIMARK\x07ID"
+    via_tls = _mark(make_cxr_dataset(seed=7))
+    via_tls.StudyInstanceUID = generate_uid()
+    tls_file = tmp_path / "tls.dcm"
+    via_tls.save_as(tls_file, enforce_file_format=True)
+
+    with run_storescp(tmp_path / "pacs") as pacs:
+        node = start_node(
+            tmp_path / "node",
+            ["--destination", pacs.spec, "--model", str(model), "--stable-after", "1", "--interval", "1",
+             "--log-level", "DEBUG"],
+        )  # fmt: skip
+        try:
+            statuses = _send(
+                node.port,
+                [processed, skipped, corrupt, conflicting, missing_uid, overlong, control],
+            )
+            assert statuses[:4] == [0, 0, 0, 0]
+            assert all(0xA000 <= status <= 0xCFFF for status in statuses[4:]), statuses
+            tls = subprocess.run(
+                [dcmtk("storescu"), *storescu_tls_args(certs.client_key, certs.client_cert, certs.ca),
+                 "-aec", "DICOMNODE", "127.0.0.1", str(tls_port), str(tls_file)],
+                capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+            assert tls.returncode == 0, tls.stdout + tls.stderr
+            # processed + via_tls: 2 SC + 2 SR
+            wait_until(lambda: len(pacs.files()) >= 4, 120, "results of both processed studies")
+            status = subprocess.run(
+                [sys.executable, "-m", "dicomnode", "status", "--data-dir", str(tmp_path / "node")],
+                capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, check=False,
+            )  # fmt: skip
+        finally:
+            assert node.stop() == 0
+        outputs = [pydicom.dcmread(p, stop_before_pixels=True) for p in pacs.files()]
+    # The results do carry the patient (they belong in the PACS), so the markers were live.
+    assert any(str(ds.PatientID) == MARKERS["PatientID"] for ds in outputs)
+    log = node.log.read_text(errors="replace")
+    assert "DEBUG" in log and processed.SOPInstanceUID in log  # the log is real and detailed
+    assert "cannot decode" in log and "DIFFERENT content" in log
+    for text, where in ((log, "node log"), (status.stdout + status.stderr, "dicomnode status")):
+        lowered = text.lower()
+        hits = [needle for needle in NEEDLES if needle in lowered]
+        assert hits == [], f"patient data in the {where}: {hits}"
