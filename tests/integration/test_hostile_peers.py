@@ -187,3 +187,31 @@ def test_flood_of_connections_does_not_lock_senders_out(
     finally:
         for sock in flood:
             sock.close()
+
+
+def test_serve_enforces_allowed_calling_aets(tmp_path: Path) -> None:
+    """``dicomnode serve --allowed-calling-aets`` (a real receiver process) rejects other callers."""
+    from tests.integration.peers import start_node
+
+    files = _write_files(tmp_path / "study", 1)
+    node = start_node(tmp_path / "node", ["--role", "receiver", "--allowed-calling-aets", "MODALITY1,PACS"])
+    try:
+
+        def send(calling: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [dcmtk("storescu"), "-aet", calling, "-aec", NODE_AE, "127.0.0.1", str(node.port), str(files[0])],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+
+        refused = send("INTRUDER")
+        assert refused.returncode != 0
+        assert "Calling AE Title Not Recognized" in refused.stdout + refused.stderr
+        allowed = send("MODALITY1")
+        assert allowed.returncode == 0, allowed.stderr
+    finally:
+        assert node.stop() == 0
+    log = node.log.read_text()
+    assert "calling AEs: MODALITY1,PACS" in log
