@@ -194,12 +194,23 @@ def test_serve_enforces_allowed_calling_aets(tmp_path: Path) -> None:
     from tests.integration.peers import start_node
 
     files = _write_files(tmp_path / "study", 1)
-    node = start_node(tmp_path / "node", ["--role", "receiver", "--allowed-calling-aets", "MODALITY1,PACS"])
+    node = start_node(
+        tmp_path / "node", ["--role", "receiver", "--allowed-calling-aets", "MODALITY1,PACS"]
+    )
     try:
 
         def send(calling: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run(
-                [dcmtk("storescu"), "-aet", calling, "-aec", NODE_AE, "127.0.0.1", str(node.port), str(files[0])],
+                [
+                    dcmtk("storescu"),
+                    "-aet",
+                    calling,
+                    "-aec",
+                    NODE_AE,
+                    "127.0.0.1",
+                    str(node.port),
+                    str(files[0]),
+                ],
                 capture_output=True,
                 text=True,
                 timeout=60,
