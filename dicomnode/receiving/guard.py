@@ -91,6 +91,8 @@ ABORT_UNRECOGNIZED_PDU: Final = 0x01
 ABORT_INVALID_PDU_PARAMETER: Final = 0x06
 #: Chunk size of socket reads (bytes).
 _RECV_CHUNK: Final = 256 * 1024
+#: Serialises the association count of :func:`handle_requested`.
+_COUNT_LOCK: Final = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -518,9 +520,6 @@ def handle_requested(event: Event, limits: ConnectionLimits, pending: PendingCon
 def handle_conn_close(event: Event, pending: PendingConnections) -> None:
     """EVT_CONN_CLOSE: forget a pending connection that ended without a request."""
     pending.discard(getattr(event.assoc, "_dicomnode_pending_key", None))
-
-
-_COUNT_LOCK: Final = threading.Lock()
 
 
 def _requestor_name(assoc: Association) -> str:

@@ -20,7 +20,7 @@ import socket
 import ssl
 import threading
 import time
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from pydicom.uid import (
     HTJ2K,
@@ -159,8 +159,8 @@ class NodeAssociationServer(ThreadedAssociationServer):
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         """Accept a connection, disable Nagle on it and register it as pending."""
-        assert self.socket is not None
-        client_socket, address = self.socket.accept()
+        listener = cast(socket.socket, self.socket)
+        client_socket, address = listener.accept()
         try:
             client_socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError as exc:  # e.g. not a TCP socket; never worth refusing the peer
@@ -268,7 +268,8 @@ def start_scp(
             pending=pending,
             tls_context=tls,
         )
-        assert isinstance(server, NodeAssociationServer)
+        if not isinstance(server, NodeAssociationServer):  # pragma: no cover - pynetdicom contract
+            raise TypeError(f"pynetdicom returned a {type(server).__name__}")
         # AE.start_server() does the same registration; AE.shutdown() and the server's
         # own shutdown() (which removes itself from this list) rely on it.
         ae._servers.append(server)
