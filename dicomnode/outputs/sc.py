@@ -23,6 +23,7 @@ from dicomnode import __version__
 from dicomnode.config import OutputSettings
 from dicomnode.domain import ModelIdentity
 from dicomnode.outputs import codes
+from dicomnode.outputs.charset import with_writable_charset
 from dicomnode.outputs.uids import derived_uid
 from dicomnode.outputs.validate import drop_invalid_elements
 
@@ -77,6 +78,7 @@ def build_heatmap_sc(
             than 64 characters).
     """
     _check_overlay(overlay_rgb, settings.max_heatmap_side)
+    source = with_writable_charset(source)
     missing = [keyword for keyword in _REQUIRED_SOURCE if not source.get(keyword)]
     if missing:
         raise ValueError(f"source dataset lacks {', '.join(missing)}")

@@ -46,6 +46,7 @@ from dicomnode import __version__
 from dicomnode.config import OutputSettings
 from dicomnode.domain import ModelIdentity, Prediction
 from dicomnode.outputs import codes
+from dicomnode.outputs.charset import with_writable_charset
 from dicomnode.outputs.uids import derived_uid
 from dicomnode.outputs.validate import drop_invalid_elements
 
@@ -120,6 +121,7 @@ def build_findings_sr(
             a probability or threshold outside [0, 1], a content qualification DICOM does
             not define, or a value that does not fit its attribute.
     """
+    sources = [with_writable_charset(source) for source in sources]
     _check_inputs(sources, predictions, heatmaps)
     qualification = _content_qualification(settings.content_qualification)
 

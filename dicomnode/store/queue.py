@@ -399,7 +399,8 @@ def status_summary(session: Session, *, recent: int = 10) -> StatusSummary:
     failures: list[dict[str, object]] = [
         {"what": "job", "job_id": j.id, "study_instance_uid": j.study_instance_uid, "attempts": j.attempts, "error": j.last_error}
         for j in failed_jobs
-    ] + [
+    ]
+    failures += [
         {"what": "send", "job_id": r.job_id, "sop_instance_uid": r.sop_instance_uid, "attempts": r.attempts, "error": r.last_error}
         for r in failed_results
     ]

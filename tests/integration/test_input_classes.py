@@ -34,11 +34,9 @@ SR_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.88.34",
     "1.2.840.10008.5.1.4.1.1.88.22",
 }
-#: Cases whose results the output builders cannot make yet (dicomnode/outputs, not the
-#: receiver): highdicom refuses the Specific Character Set values '' (first value of
-#: an ISO 2022 set) and unknown terms copied from the source. Reported; while they
-#: fail, this test ends as xfail after checking everything else.
-KNOWN_OUTPUT_FAILURES = {"charset-iso2022-jp", "charset-iso2022-kr", "charset-unknown-term"}
+#: Cases whose results the output builders cannot make (none: sources in ISO 2022 or
+#: unknown character sets are written as UTF-8 copies, see dicomnode/outputs/charset.py).
+KNOWN_OUTPUT_FAILURES: frozenset[str] = frozenset()
 _OPEN_JOB_STATES = ("received", "ready", "running", "done")
 
 
