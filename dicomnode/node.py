@@ -102,6 +102,7 @@ class Node:
                 self.settings.destination.calling_ae_title or self.settings.dicom.ae_title,
                 options,
             )
+            self.worker.recover_orphans()
             self.scheduler = start_scheduler(self.worker, self.settings.scheduler)
         if not self.run_receiver:
             return

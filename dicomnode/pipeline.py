@@ -161,8 +161,10 @@ def legend_lines(prediction: Prediction, runner: ModelRunner) -> list[str]:
     call = "POSITIVE" if prediction.is_positive(i) else "negative"
     identity = runner.identity
     return [
-        f"{prediction.labels[i].upper()} p={prediction.probabilities[i]:.2f} "
-        f"(threshold {prediction.thresholds[i]:.2f}): {call}",
+        (
+            f"{prediction.labels[i].upper()} p={prediction.probabilities[i]:.2f} "
+            f"(threshold {prediction.thresholds[i]:.2f}): {call}"
+        ),
         f"{identity.name} v{identity.version} ({identity.architecture})",
         "AI RESEARCH OUTPUT - NOT FOR DIAGNOSTIC USE",
     ]

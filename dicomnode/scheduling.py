@@ -105,8 +105,20 @@ class NodeWorker:
         self.options = options
         self.clock = clock
         self.local_clock = local_clock
-        self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
+        self.host = socket.gethostname()
+        self.worker_id = f"{self.host}:{os.getpid()}"
         self._lock = threading.Lock()
+
+    def recover_orphans(self) -> int:
+        """Re-queue jobs that dead worker processes of this host left RUNNING (at start-up)."""
+        own_pid = os.getpid()  # before our first claim, a claim with our pid is a past life's (containers reuse pids)
+        with self.sessions.begin() as session:
+            count = queue.requeue_orphaned(
+                session, host=self.host, is_alive=lambda pid: pid != own_pid and _pid_alive(pid)
+            )
+        if count:
+            logger.info("re-queued %d job(s) left running by a dead worker", count)
+        return count
 
     def tick(self) -> TickReport:
         """Sweep, claim and process one batch, then send what is due."""
@@ -193,6 +205,17 @@ class NodeWorker:
                     report.send_failed += 1
         if report.send_failed:
             logger.warning("%d result(s) not accepted by the destination; will retry", report.send_failed)
+
+
+def _pid_alive(pid: int) -> bool:
+    """True when a process with this pid exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _run_logged(step: Callable[[], TickReport], name: str) -> None:

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
     PYDICOM_IMPLEMENTATION_UID,
     UID,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
     generate_uid,
 )
 
@@ -190,7 +190,12 @@ def make_tiny_model(
     import torch
     from safetensors.torch import save_file
 
-    from dicomnode.inference.manifest import ModelManifest, Preprocessing, sha256_file, write_manifest
+    from dicomnode.inference.manifest import (
+        ModelManifest,
+        Preprocessing,
+        sha256_file,
+        write_manifest,
+    )
     from dicomnode.inference.registry import create_model
 
     folder.mkdir(parents=True, exist_ok=True)

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.events import Event
 from pynetdicom.presentation import build_context
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, UID
 
 from dicomnode.config import DestinationSettings
 from dicomnode.errors import SendError

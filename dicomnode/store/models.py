@@ -12,6 +12,7 @@ study 1--* instance *--1 job 1--* result
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any, ClassVar
 
 from sqlalchemy import DateTime, Enum, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -24,7 +25,7 @@ UID = String(64)
 class Base(DeclarativeBase):
     """Declarative base; datetimes are stored as naive UTC."""
 
-    type_annotation_map = {datetime: DateTime(timezone=False)}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: DateTime(timezone=False)}
 
 
 def _enum(enum_cls: type) -> Enum:

@@ -8,7 +8,7 @@ so several workers can share one database. Times are naive UTC datetimes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -192,6 +192,31 @@ def requeue_expired(session: Session, *, lease_s: float, now: datetime) -> int:
         .execution_options(synchronize_session=False)
     )
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+def requeue_orphaned(session: Session, *, host: str, is_alive: Callable[[int], bool]) -> int:
+    """Return RUNNING jobs claimed by dead processes of ``host`` to READY at once.
+
+    Claims are tagged ``"<host>:<pid>"``. A worker that restarts after a crash need
+    not wait for the lease of its predecessor's claims to expire; claims of other
+    hosts (or of live processes) are left to the lease.
+
+    Returns:
+        how many jobs were re-queued.
+    """
+    jobs = session.scalars(
+        select(Job).where(Job.state == JobState.RUNNING, Job.claimed_by.like(f"{host}:%"))
+    ).all()
+    count = 0
+    for job in jobs:
+        pid_text = (job.claimed_by or "").rpartition(":")[2]
+        if pid_text.isdigit() and not is_alive(int(pid_text)):
+            job.state = JobState.READY
+            job.claimed_at = None
+            job.claimed_by = None
+            job.last_error = "worker process died; re-queued"
+            count += 1
+    return count
 
 
 def claim_batch(session: Session, *, limit: int, now: datetime, worker: str) -> list[ClaimedJob]:

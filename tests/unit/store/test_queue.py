@@ -178,3 +178,19 @@ def test_claim_respects_limit_and_order(sessions: sessionmaker[Session], limit: 
         queue.mark_stable(session, stable_after_s=1, now=T0 + timedelta(seconds=10))
         claims = queue.claim_batch(session, limit=limit, now=T0 + timedelta(seconds=10), worker="w")
     assert [c.study_instance_uid for c in claims] == [f"1.2.{n}" for n in range(limit)]
+
+
+def test_claims_of_dead_local_workers_are_requeued_at_once(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session:
+        for n in range(3):
+            _record(session, f"1.2.{n}.1", study=f"1.2.{n}")
+        queue.mark_stable(session, stable_after_s=1, now=T0 + timedelta(seconds=2))
+        queue.claim_batch(session, limit=1, now=T0 + timedelta(seconds=2), worker="here:111")
+        queue.claim_batch(session, limit=1, now=T0 + timedelta(seconds=2), worker="here:222")
+        queue.claim_batch(session, limit=1, now=T0 + timedelta(seconds=2), worker="elsewhere:111")
+    with sessions.begin() as session:
+        count = queue.requeue_orphaned(session, host="here", is_alive=lambda pid: pid == 222)
+    assert count == 1
+    with sessions() as session:
+        owners = {job.claimed_by for job in session.scalars(select(Job)) if job.state == JobState.RUNNING}
+    assert owners == {"here:222", "elsewhere:111"}
