@@ -90,6 +90,14 @@ class DicomSettings(_Group):
         description="largest C-STORE data set taken (bytes, also after inflating a deflated one); "
         "a larger one is aborted or refused",
     )
+    receiver_processes: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="processes accepting associations on the node's port(s) for the receiver/all roles "
+        "(they share the listening sockets); 0 = auto: the CPU count, at most 4. max_associations and "
+        "max_pending_connections apply per process",
+    )
     tls_port: int | None = Field(
         default=None, ge=1, le=65535, description="second port for DICOM TLS (BCP 195, mutual authentication); None = off"
     )
@@ -176,6 +184,11 @@ class StoreSettings(_Group):
     data_dir: Path = Path("dicomnode-data")
     db_url: str | None = Field(
         default=None, description="SQLAlchemy URL; None = SQLite file data_dir/dicomnode.sqlite3"
+    )
+    fsync: bool = Field(
+        default=True,
+        description="flush every received file to stable storage (fdatasync) before it is acknowledged; "
+        "False trades durability on power loss for speed (an OS crash may lose acknowledged instances)",
     )
 
     def resolved_db_url(self) -> str:

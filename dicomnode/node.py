@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from apscheduler.schedulers.background import BackgroundScheduler
 
     from dicomnode.inference.runner import ModelRunner
+    from dicomnode.receiving.scp import Listeners
     from dicomnode.scheduling import NodeWorker
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,8 @@ class Node:
         runner: an already loaded model (tests); None = load ``settings.model``.
         run_worker: start the batch/send scheduler (False: receive only).
         run_receiver: open the DICOM port (False: a worker process beside receivers).
+        listeners: already bound DICOM port(s) to serve (``serve`` binds them once and
+            shares them with its extra receiving processes); None = bind here.
     """
 
     def __init__(
@@ -55,6 +58,7 @@ class Node:
         *,
         run_worker: bool = True,
         run_receiver: bool = True,
+        listeners: Listeners | None = None,
     ) -> None:
         self.settings = settings
         self.runner = runner
@@ -62,7 +66,8 @@ class Node:
         self.run_receiver = run_receiver
         self.engine = make_engine(settings.store)
         self.sessions = make_sessionmaker(self.engine)
-        self.files = FileStore(settings.store.data_dir)
+        self.files = FileStore(settings.store.data_dir, fsync=settings.store.fsync)
+        self.listeners = listeners
         self.server: Any = None
         self.scheduler: BackgroundScheduler | None = None
         self.worker: NodeWorker | None = None
@@ -108,7 +113,7 @@ class Node:
             return
         context = ReceiveContext(files=self.files, sessionmaker=self.sessions, clock=utcnow)
         try:
-            self.server = start_scp(self.settings.dicom, context, block=False)
+            self.server = start_scp(self.settings.dicom, context, block=False, listeners=self.listeners)
         except Exception:
             self.stop()
             raise
@@ -129,6 +134,8 @@ class Node:
 
 
 ROLES = ("all", "receiver", "worker")
+#: Seconds ``serve`` retries binding a port that is in use (see :func:`serve_forever`).
+_BIND_RETRY_S = 3.0
 
 
 def serve_forever(settings: Settings, role: str = "all") -> None:
@@ -138,7 +145,10 @@ def serve_forever(settings: Settings, role: str = "all") -> None:
         settings: the merged settings.
         role: ``"all"`` (receiver and worker), ``"receiver"`` (DICOM port only) or
             ``"worker"`` (batches and sending only); separate processes share the
-            data folder and database.
+            data folder and database. With a receiver, the DICOM port is served by
+            ``dicom.receiver_processes`` processes (this one and children sharing
+            its listening sockets, :mod:`dicomnode.receiving.processes`); they all
+            stop with this one.
 
     Raises:
         ModelError: the model cannot be loaded.
@@ -153,12 +163,34 @@ def serve_forever(settings: Settings, role: str = "all") -> None:
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}")
-    node = Node(settings, run_worker=role != "receiver", run_receiver=role != "worker")
+    from dicomnode.receiving.processes import ReceiverPool, receiver_count
+    from dicomnode.receiving.scp import bind_listeners
+
+    pool: ReceiverPool | None = None
+    listeners = None
     try:
-        node.start()
-        while not stop.wait(1.0):
-            pass
+        if role != "worker":
+            # A SIGKILLed predecessor's receiving processes close their copies of the
+            # port within a fraction of a second (PR_SET_PDEATHSIG): wait that long.
+            listeners = bind_listeners(settings.dicom, retry_s=_BIND_RETRY_S)
+        node = Node(settings, run_worker=role != "receiver", run_receiver=role != "worker", listeners=listeners)
+        try:
+            node.start()
+            count = receiver_count(settings.dicom.receiver_processes) if listeners is not None else 1
+            if listeners is not None and count > 1:
+                pool = ReceiverPool(settings, listeners, count - 1)
+                pool.start()
+            while not stop.wait(1.0):
+                if pool is not None:
+                    pool.check()
+        finally:
+            if pool is not None:
+                pool.terminate()  # the children drain while this process does
+            node.stop()
+            if pool is not None:
+                pool.wait()
     finally:
-        node.stop()
+        if listeners is not None:
+            listeners.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)

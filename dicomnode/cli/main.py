@@ -97,6 +97,10 @@ def serve(
     role: Annotated[
         str, typer.Option(help="all | receiver (DICOM port only) | worker (batches and sending only).")
     ] = "all",
+    receivers: Annotated[
+        int | None,
+        typer.Option("--receivers", min=0, help="Processes receiving on the DICOM port (0: CPU count, at most 4)."),
+    ] = None,
 ) -> None:
     """Receive studies over DICOM, run batch inference, send results back. Stops on SIGTERM/SIGINT."""
     from dicomnode import logconfig
@@ -107,7 +111,8 @@ def serve(
     settings = _settings(
         ctx,
         {
-            "dicom": {"bind_address": host, "port": port, "ae_title": ae_title, "allowed_calling_aets": allowed_calling_aets},
+            "dicom": {"bind_address": host, "port": port, "ae_title": ae_title, "allowed_calling_aets": allowed_calling_aets,
+                      "receiver_processes": receivers},
             "store": {"data_dir": data_dir, "db_url": db_url},
             "destination": _destination(destination),
             "model": {"name": model, "device": device, "explain": explain},

@@ -39,6 +39,7 @@ linked into place without ever replacing another process's file.
 from __future__ import annotations
 
 import fcntl
+import io
 import logging
 import os
 import struct
@@ -357,18 +358,22 @@ def _persist_locked(
         return STATUS_SUCCESS
 
     # The raw bytes as received (no re-encoding), behind a fresh File Meta header.
-    data = event.encoded_dataset(include_meta=True)
+    parts = _file_parts(event)
     try:
-        if not context.files.write_atomic(path, data, overwrite=False):
+        if not context.files.write_atomic(path, parts, overwrite=False):
             # A file but no row: left by a crash between writing and committing (no
             # receiver is mid-write, we hold the UID's lock). Never acknowledged, so
             # this copy replaces it.
             logger.warning("replacing the unrecorded file of %s left by an earlier crash", uid)
-            context.files.write_atomic(path, data)
+            context.files.write_atomic(path, parts)
     except StorageError as exc:
         logger.error("cannot store %s from %s: %s", uid, calling_ae, exc)
         return STATUS_OUT_OF_RESOURCES
-    del data
+    finally:
+        for part in parts:
+            if isinstance(part, memoryview):
+                part.release()  # the received buffer is resizable again
+        del parts
 
     accepted = isinstance(verdict, Accept)
     skip_reason = None if isinstance(verdict, Accept) else verdict.reason
@@ -401,6 +406,19 @@ def _persist_locked(
     else:
         logger.info("stored %s from %s, skipped: %s", uid, calling_ae, skip_reason)
     return STATUS_SUCCESS
+
+
+def _file_parts(event: Event) -> list[bytes | memoryview]:
+    """The Part-10 file of the received data set as two parts, without copying it:
+    preamble + ``DICM`` + a fresh File Meta header, then a view of the data set bytes
+    exactly as received (what ``event.encoded_dataset()`` joins into one copy)."""
+    from pynetdicom.dsutils import encode_file_meta
+
+    header = b"\x00" * 128 + b"DICM" + encode_file_meta(event.file_meta)
+    stream = getattr(event.request, "DataSet", None)
+    if isinstance(stream, io.BytesIO):
+        return [header, stream.getbuffer()]
+    return [header, event.encoded_dataset(include_meta=False)]
 
 
 def _log_duplicate(

@@ -15,6 +15,7 @@ handshake off the accept loop) live in :mod:`dicomnode.receiving.guard`.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import socket
 import ssl
@@ -127,12 +128,19 @@ class NodeAssociationServer(ThreadedAssociationServer):
       ``ssl_context`` would, but by :class:`~dicomnode.receiving.guard.NodeRequestHandler`
       in the connection's own thread, so a slow handshake delays nobody else.
 
+    * ``listener``: an already bound and listening socket (see :func:`bind_listener`)
+      that several receiving processes share (:mod:`dicomnode.receiving.processes`).
+      It is made non-blocking, so a process that loses the race for a connection to
+      another one returns to its loop instead of hanging in ``accept``, and closing
+      it never shuts it down for the other processes.
+
     Args:
         *args: as ``ThreadedAssociationServer``.
         limits: the node's connection limits.
         pending: registry of connections without a request yet (shared by the
             node's plain and TLS servers).
         tls_context: server TLS context, or None for plain TCP.
+        listener: a listening socket to serve instead of binding a new one.
         **kwargs: as ``ThreadedAssociationServer``.
     """
 
@@ -147,8 +155,10 @@ class NodeAssociationServer(ThreadedAssociationServer):
         limits: ConnectionLimits,
         pending: PendingConnections,
         tls_context: ssl.SSLContext | None = None,
+        listener: socket.socket | None = None,
         **kwargs: Any,
     ) -> None:
+        self.listener = listener
         self.limits = limits
         self.pending = pending
         self.tls_context = tls_context
@@ -156,6 +166,29 @@ class NodeAssociationServer(ThreadedAssociationServer):
         self.tls_server: NodeAssociationServer | None = None
         kwargs["request_handler"] = NodeRequestHandler
         super().__init__(*args, **kwargs)
+
+    def server_bind(self) -> None:
+        """Bind as pynetdicom does, or adopt the shared ``listener``."""
+        if self.listener is None:
+            super().server_bind()
+            return
+        cast(socket.socket, self.socket).close()  # the unbound one socketserver made
+        self.listener.setblocking(False)
+        self.socket = self.listener
+        self.server_address = self.listener.getsockname()
+
+    def server_activate(self) -> None:
+        """Listen, unless the shared ``listener`` already does."""
+        if self.listener is None:
+            super().server_activate()
+
+    def server_close(self) -> None:
+        """Close the listening socket; a shared one is only closed in this process
+        (``shutdown(2)`` would stop it listening in the others too)."""
+        if self.listener is None:
+            super().server_close()
+            return
+        cast(socket.socket, self.socket).close()
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         """Accept a connection, disable Nagle on it and register it as pending."""
@@ -167,6 +200,78 @@ class NodeAssociationServer(ThreadedAssociationServer):
             logger.debug("cannot set TCP_NODELAY: %s", exc)
         self.pending.add(client_socket, peer_name(address))
         return client_socket, address
+
+
+def bind_listener(host: str, port: int, *, retry_s: float = 0.0) -> socket.socket:
+    """A listening TCP socket on ``host:port`` for :func:`start_scp` to share.
+
+    Bound as pynetdicom binds (``SO_REUSEADDR``, no ``SO_REUSEPORT``: a second node
+    on the same port still fails with "address in use"), inheritable by child
+    processes.
+
+    Args:
+        host: address to bind (IPv4 or IPv6 literal or name).
+        port: TCP port (0 = any free one).
+        retry_s: keep retrying "address in use" this long (s), for a restart while
+            the receiving processes of a killed predecessor close their copies.
+
+    Raises:
+        OSError: the address cannot be bound.
+    """
+    info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    family, _type, _proto, _name, address = info
+    deadline = time.monotonic() + max(retry_s, 0.0)
+    for _attempt in range(1000):  # bounded by the deadline too
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen(LISTEN_BACKLOG)
+        except OSError as exc:
+            sock.close()
+            if exc.errno != errno.EADDRINUSE or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.1)
+            continue
+        sock.set_inheritable(True)
+        return sock
+    raise OSError(errno.EADDRINUSE, f"{host}:{port} stays in use")
+
+
+@dataclasses.dataclass
+class Listeners:
+    """The bound listening sockets of a node: the DICOM port and the optional TLS one."""
+
+    plain: socket.socket
+    tls: socket.socket | None = None
+
+    def fds(self) -> list[int]:
+        """File descriptors to pass to a child process."""
+        return [self.plain.fileno()] + ([self.tls.fileno()] if self.tls is not None else [])
+
+    def close(self) -> None:
+        """Close this process's copies."""
+        for sock in (self.plain, self.tls):
+            if sock is not None:
+                sock.close()
+
+
+def bind_listeners(settings: DicomSettings, *, retry_s: float = 0.0) -> Listeners:
+    """Bind ``settings.port`` (and ``settings.tls_port``) for :func:`start_scp`.
+
+    Raises:
+        OSError: an address cannot be bound.
+    """
+    plain = bind_listener(settings.bind_address, settings.port, retry_s=retry_s)
+    if settings.tls_port is None:
+        return Listeners(plain)
+    try:
+        return Listeners(
+            plain, bind_listener(settings.bind_address, settings.tls_port, retry_s=retry_s)
+        )
+    except BaseException:
+        plain.close()
+        raise
 
 
 def build_ae(settings: DicomSettings) -> AE:
@@ -220,6 +325,7 @@ def start_scp(
     *,
     block: bool = False,
     ssl_context: ssl.SSLContext | None = None,
+    listeners: Listeners | None = None,
 ) -> NodeAssociationServer:
     """Build the AE and listen on ``settings.bind_address:settings.port``.
 
@@ -237,6 +343,8 @@ def start_scp(
             the server with :func:`stop_scp` and propagates.
         ssl_context: server-side TLS context for ``settings.port`` itself, or None
             for plain TCP there.
+        listeners: already bound sockets (:func:`bind_listeners`) to serve instead
+            of binding the ports here; several processes may serve the same ones.
 
     Returns:
         The running server on ``settings.port`` (``block=False``), its TLS sibling
@@ -259,7 +367,9 @@ def start_scp(
         (evt.EVT_CONN_CLOSE, handle_conn_close, [pending]),
     ]
 
-    def make(port: int, tls: ssl.SSLContext | None) -> NodeAssociationServer:
+    def make(
+        port: int, tls: ssl.SSLContext | None, listener: socket.socket | None
+    ) -> NodeAssociationServer:
         server = ae.make_server(
             (settings.bind_address, port),
             evt_handlers=handlers,
@@ -267,6 +377,7 @@ def start_scp(
             limits=limits,
             pending=pending,
             tls_context=tls,
+            listener=listener,
         )
         if not isinstance(server, NodeAssociationServer):  # pragma: no cover - pynetdicom contract
             raise TypeError(f"pynetdicom returned a {type(server).__name__}")
@@ -275,12 +386,13 @@ def start_scp(
         ae._servers.append(server)
         return server
 
-    server = make(settings.port, ssl_context)
+    server = make(settings.port, ssl_context, listeners.plain if listeners else None)
     if settings.tls_port is not None:
         from dicomnode.receiving.tls import server_context
 
         try:
-            server.tls_server = make(settings.tls_port, server_context(settings))
+            tls_listener = listeners.tls if listeners else None
+            server.tls_server = make(settings.tls_port, server_context(settings), tls_listener)
         except BaseException:
             server.server_close()
             ae._servers.remove(server)
