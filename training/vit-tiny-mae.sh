@@ -2,6 +2,7 @@
 # ViT-Tiny/16 at 112 px: masked-autoencoder pretraining on the training images (the validation split
 # is left out, same seed and fraction as train), then supervised fine-tuning from that encoder.
 # Self-supervised alternative to the from-scratch training/vit-tiny.sh; no labels are used by the MAE stage.
+# Measured (2-core CPU): val AUC 0.9707 vs 0.9841 from scratch, so models/vit-tiny ships the from-scratch run.
 # Reproduce: training/vit-tiny-mae.sh   (SHIP=1 to copy runs/vit-tiny-mae into models/vit-tiny)
 source "$(dirname "$0")/_common.sh"
 if "$DICOMNODE" pretrain --help >/dev/null 2>&1; then
