@@ -27,6 +27,7 @@ config_app = typer.Typer(no_args_is_help=True, help="Inspect the configuration i
 app.add_typer(config_app, name="config")
 app.command("train")(training.train)
 app.command("evaluate")(training.evaluate)
+app.command("pretrain")(training.pretrain)
 app.command("conformance")(conformance.conformance)
 app.add_typer(training.models_app, name="models")
 
