@@ -33,12 +33,19 @@ class StoreSCP:
 
 
 @contextmanager
-def run_storescp(folder: Path, ae_title: str = "PACS", port: int | None = None) -> Iterator[StoreSCP]:
-    """Run ``/usr/bin/storescp`` on 127.0.0.1 until the block ends."""
+def run_storescp(
+    folder: Path, ae_title: str = "PACS", port: int | None = None, options: tuple[str, ...] = ("--accept-all",)
+) -> Iterator[StoreSCP]:
+    """Run ``/usr/bin/storescp`` on 127.0.0.1 until the block ends.
+
+    Args:
+        options: further storescp options, e.g. ``("+uf",)`` to keep every delivery of
+            one SOP Instance UID in its own file, ``("+B", "+xa")`` for bit-preserving writes.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     process = subprocess.Popen(
-        [dcmtk("storescp"), "--aetitle", ae_title, "--output-directory", str(folder), "--accept-all", str(port)],
+        [dcmtk("storescp"), "--aetitle", ae_title, "--output-directory", str(folder), *options, str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

@@ -25,7 +25,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pydicom
@@ -44,13 +44,12 @@ from tests.helpers import (
     CR_IMAGE_STORAGE,
     DX_PRESENTATION_STORAGE,
     REPO_ROOT,
-    dcmtk,
     free_port,
     make_cxr_dataset,
     make_tiny_model,
     wait_for_port,
 )
-from tests.integration.peers import NodeProcess, start_node, wait_until
+from tests.integration.peers import NodeProcess, StoreSCP, run_storescp, start_node, wait_until
 from tests.unit.receiving.conftest import associate, run_scp
 
 pytestmark = [pytest.mark.integration, pytest.mark.dcmtk]
@@ -64,34 +63,10 @@ SR_CLASSES = {
 SYNTAXES = [ExplicitVRLittleEndian]
 
 
-@contextmanager
-def _storescp_unique(folder: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
+def _storescp_unique(folder: Path, port: int) -> AbstractContextManager[StoreSCP]:
     """DCMTK storescp writing every received object to a new file (+uf), so that
     repeated deliveries of one SOP Instance UID can be counted."""
-    folder.mkdir(parents=True, exist_ok=True)
-    process = subprocess.Popen(
-        [
-            dcmtk("storescp"),
-            "--aetitle",
-            "PACS",
-            "--output-directory",
-            str(folder),
-            "+uf",
-            str(port),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(port)
-        yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+    return run_storescp(folder, "PACS", port, ("+uf",))
 
 
 def _db_rows(data_dir: Path, query: str) -> list[tuple[object, ...]]:

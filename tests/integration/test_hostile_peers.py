@@ -21,11 +21,8 @@ from sqlalchemy import Engine, func
 from sqlalchemy import select as sql_select
 from sqlalchemy.orm import Session
 
-from dicomnode.config import StoreSettings
 from dicomnode.receiving.handlers import ReceiveContext
 from dicomnode.receiving.scp import stop_scp
-from dicomnode.store.db import make_engine, make_sessionmaker
-from dicomnode.store.files import FileStore
 from dicomnode.store.models import Instance
 from tests.helpers import DX_PRESENTATION_STORAGE, dcmtk, make_cxr_dataset
 from tests.unit.receiving import rawpeer
@@ -38,20 +35,10 @@ NOT_DELAYED_S = 10.0
 
 
 @pytest.fixture
-def store_engine(data_dir: Path) -> Iterator[Engine]:
-    engine = make_engine(StoreSettings(data_dir=data_dir))
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def patient_scp(data_dir: Path, store_engine: Engine) -> Iterator[RunningScp]:
+def patient_scp(receive_context: ReceiveContext) -> Iterator[RunningScp]:
     """An SCP with 30 s ACSE/network timeouts and only 4 association slots."""
-    context = ReceiveContext(
-        files=FileStore(data_dir), sessionmaker=make_sessionmaker(store_engine)
-    )
     running = run_scp(
-        context,
+        receive_context,
         max_associations=4,
         acse_timeout_s=HOSTILE_TIMEOUT_S,
         network_timeout_s=HOSTILE_TIMEOUT_S,

@@ -16,14 +16,13 @@ from pydicom.uid import UID
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from dicomnode.config import StoreSettings
 from dicomnode.domain import InstanceState
 from dicomnode.receiving.handlers import ReceiveContext
 from dicomnode.receiving.scp import stop_scp
-from dicomnode.store.db import make_engine, make_sessionmaker
 from dicomnode.store.files import FileStore
 from dicomnode.store.models import Instance
-from tests.helpers import dcmtk, free_port, make_cxr_dataset, require_shared_data, wait_for_port
+from tests.helpers import dcmtk, make_cxr_dataset, require_shared_data
+from tests.integration.peers import run_storescp
 from tests.unit.receiving.conftest import NODE_AE, RunningScp, run_scp
 
 pytestmark = [pytest.mark.integration, pytest.mark.dcmtk, pytest.mark.shared_data]
@@ -45,18 +44,8 @@ DUPLICATE_OF_EARLIER = "Fake_MONOHR1.dcm"
 
 
 @pytest.fixture
-def store_engine(data_dir: Path) -> Iterator[Engine]:
-    engine = make_engine(StoreSettings(data_dir=data_dir))
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def node_scp(data_dir: Path, store_engine: Engine) -> Iterator[RunningScp]:
-    context = ReceiveContext(
-        files=FileStore(data_dir), sessionmaker=make_sessionmaker(store_engine)
-    )
-    running = run_scp(context)
+def node_scp(receive_context: ReceiveContext) -> Iterator[RunningScp]:
+    running = run_scp(receive_context)
     yield running
     stop_scp(running.server, grace_s=5)
 
@@ -64,24 +53,8 @@ def node_scp(data_dir: Path, store_engine: Engine) -> Iterator[RunningScp]:
 @pytest.fixture
 def reference_storescp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """DCMTK storescp writing what it receives bit-preserving (+B), as a byte reference."""
-    out = tmp_path / "reference"
-    out.mkdir()
-    port = free_port()
-    process = subprocess.Popen(
-        [dcmtk("storescp"), "+B", "+xa", "-aet", NODE_AE, "-od", str(out), str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        wait_for_port(port, timeout_s=20)
-        yield port, out
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+    with run_storescp(tmp_path / "reference", NODE_AE, options=("+B", "+xa")) as reference:
+        yield reference.port, reference.folder
 
 
 def _dataset_part(path: Path) -> tuple[UID, bytes]:

@@ -20,13 +20,11 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from dicomnode.config import DicomSettings, StoreSettings
+from dicomnode.config import DicomSettings
 from dicomnode.errors import ConfigError
 from dicomnode.receiving.handlers import ReceiveContext
 from dicomnode.receiving.scp import stop_scp
 from dicomnode.receiving.tls import server_context
-from dicomnode.store.db import make_engine, make_sessionmaker
-from dicomnode.store.files import FileStore
 from dicomnode.store.models import Instance
 from tests.helpers import dcmtk, free_port, make_cxr_dataset, wait_for_port
 from tests.integration.tlscerts import Certificates, make_certificates, storescu_tls_args
@@ -44,19 +42,9 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
 
 
 @pytest.fixture
-def store_engine(data_dir: Path) -> Iterator[Engine]:
-    engine = make_engine(StoreSettings(data_dir=data_dir))
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def tls_scp(data_dir: Path, store_engine: Engine, certs: Certificates) -> Iterator[RunningScp]:
-    context = ReceiveContext(
-        files=FileStore(data_dir), sessionmaker=make_sessionmaker(store_engine)
-    )
+def tls_scp(receive_context: ReceiveContext, certs: Certificates) -> Iterator[RunningScp]:
     running = run_scp(
-        context,
+        receive_context,
         tls_port=free_port(),
         tls_certificate=certs.server_cert,
         tls_private_key=certs.server_key,

@@ -6,7 +6,6 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from io import BytesIO
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,30 +15,13 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.transport import ThreadedAssociationServer
-from sqlalchemy import Engine
 
-from dicomnode.config import DicomSettings, StoreSettings
+from dicomnode.config import DicomSettings
 from dicomnode.receiving.handlers import ReceiveContext
 from dicomnode.receiving.scp import start_scp, stop_scp
-from dicomnode.store.db import make_engine, make_sessionmaker
-from dicomnode.store.files import FileStore
 from tests.helpers import free_port, wait_for_port
 
 NODE_AE = "DICOMNODE"
-
-
-@pytest.fixture
-def store_engine(data_dir: Path) -> Iterator[Engine]:
-    """A file-backed SQLite database in the temporary data folder."""
-    engine = make_engine(StoreSettings(data_dir=data_dir))
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def receive_context(data_dir: Path, store_engine: Engine) -> ReceiveContext:
-    """Files + sessions of a fresh node data folder."""
-    return ReceiveContext(files=FileStore(data_dir), sessionmaker=make_sessionmaker(store_engine))
 
 
 @dataclass
