@@ -61,10 +61,17 @@ class ImageAnalysis:
 
 @dataclass
 class BuiltObject:
-    """A result dataset built for a study, not yet written."""
+    """A result dataset built for a study and validated, not yet written.
+
+    Attributes:
+        kind: SC or SR.
+        dataset: the object.
+        encoded: its Part-10 bytes, as checked by the validation gate (written as is).
+    """
 
     kind: ResultKind
     dataset: Dataset
+    encoded: bytes = b""
 
 
 @dataclass
@@ -228,7 +235,7 @@ def build_study_outputs(
         )
         built.append(BuiltObject(ResultKind.FINDINGS_SR, sr))
         for item in built:
-            validate_result(item.dataset)
+            item.encoded = validate_result(item.dataset)
     except OutputBuildError:
         raise
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
@@ -236,11 +243,11 @@ def build_study_outputs(
     return built
 
 
-def write_outputs(built: Sequence[BuiltObject], write: Callable[[Dataset], Path], files: FileStore | None = None) -> list[NewResult]:
+def write_outputs(built: Sequence[BuiltObject], write: Callable[[BuiltObject], Path], files: FileStore | None = None) -> list[NewResult]:
     """Write built objects with ``write`` (returns the path) and describe them for the outbox."""
     results: list[NewResult] = []
     for item in built:
-        path = write(item.dataset)
+        path = write(item)
         relative = files.relative(path) if files is not None else str(path)
         results.append(
             NewResult(
@@ -301,9 +308,9 @@ def process_jobs(
             except DicomNodeError as exc:
                 outcomes[job_id].error = f"inference failed: {exc}"
 
-    def _write(dataset: Dataset) -> Path:
-        path = files.result_path(str(dataset.SOPInstanceUID))
-        files.write_atomic(path, encode_part10(dataset))
+    def _write(item: BuiltObject) -> Path:
+        path = files.result_path(str(item.dataset.SOPInstanceUID))
+        files.write_atomic(path, item.encoded or encode_part10(item.dataset))
         return path
 
     for claim in claims:
@@ -356,7 +363,7 @@ def analyse_files(paths: Sequence[Path], runner: ModelRunner, options: PipelineO
         for item in built:
             name = f"{item.kind.value}-{item.dataset.SOPInstanceUID}.dcm"
             target = out_dir / name
-            target.write_bytes(encode_part10(item.dataset))
+            target.write_bytes(item.encoded or encode_part10(item.dataset))
             paths_out.append(target)
         written[study_uid] = paths_out
     return written

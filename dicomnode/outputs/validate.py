@@ -149,12 +149,16 @@ _SR_DOCUMENT: tuple[tuple[str, str], ...] = (
 )
 
 
-def validate_result(ds: Dataset) -> None:
+def validate_result(ds: Dataset) -> bytes:
     """Check one produced object (heatmap SC or findings SR) before it is stored or sent.
 
     Args:
         ds: the object as built (a highdicom SOP instance or any pydicom Dataset with
             ``file_meta``).
+
+    Returns:
+        the object encoded as a Part-10 file: the bytes that were read back and checked,
+        ready to be written (so the object is serialised once).
 
     Raises:
         OutputBuildError: one or more problems; the message lists each on its own line.
@@ -172,12 +176,15 @@ def validate_result(ds: Dataset) -> None:
     else:
         problems.append(f"SOP class {sop_class or '(none)'} is not one dicomnode produces")
     problems += [f"{where}: {message}" for where, message in _invalid_values(ds)]
+    encoded = b""
     if not problems:
-        problems += _round_trip(ds)
+        encoded, round_trip_problems = _round_trip(ds)
+        problems += round_trip_problems
     if problems:
         uid = ds.get("SOPInstanceUID", "(no SOP Instance UID)")
         raise OutputBuildError(f"result {uid} failed validation:\n  " + "\n  ".join(problems))
     logger.debug("result %s (%s) passed validation", ds.SOPInstanceUID, sop_class.name)
+    return encoded
 
 
 def drop_invalid_elements(ds: Dataset, tags: Iterable[BaseTag]) -> list[str]:
@@ -401,17 +408,17 @@ def _element_problem(element: DataElement) -> str | None:
     return None
 
 
-def _round_trip(ds: Dataset) -> list[str]:
-    """Write ``ds`` as a Part-10 file to memory and read it back."""
+def _round_trip(ds: Dataset) -> tuple[bytes, list[str]]:
+    """Write ``ds`` as a Part-10 file to memory and read it back; (bytes, problems)."""
     buffer = io.BytesIO()
     try:
         ds.save_as(buffer, enforce_file_format=True)
         buffer.seek(0)
         back = dcmread(buffer)
     except Exception as exc:  # noqa: BLE001 - any write/read failure is a validation problem
-        return [f"cannot be written and read back as a Part-10 file: {type(exc).__name__}: {exc}"]
+        return b"", [f"cannot be written and read back as a Part-10 file: {type(exc).__name__}: {exc}"]
     problems = []
     for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
         if back.get(keyword) != ds.get(keyword):
             problems.append(f"{keyword} differs after a write/read round trip")
-    return problems
+    return buffer.getvalue(), problems

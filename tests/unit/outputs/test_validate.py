@@ -48,6 +48,19 @@ def test_valid_results_pass(heatmap: Dataset, report: Dataset) -> None:
     validate_result(report)
 
 
+def test_validation_returns_the_checked_part10_bytes(heatmap: Dataset, report: Dataset) -> None:
+    from io import BytesIO
+
+    from pydicom import dcmread
+
+    for ds in (heatmap, report):
+        encoded = validate_result(ds)
+        assert encoded[128:132] == b"DICM"
+        back = dcmread(BytesIO(encoded))
+        assert back.SOPInstanceUID == ds.SOPInstanceUID
+        assert back.SOPClassUID == ds.SOPClassUID
+
+
 def test_missing_attributes_are_all_listed(heatmap: Dataset) -> None:
     broken = copy.deepcopy(heatmap)
     del broken.PatientID
