@@ -398,21 +398,6 @@ def test_hostile_study_and_series_uids_are_refused(
         assert session.scalars(select(Job)).all() == []
 
 
-_RECEIVER = """
-import sys
-from pathlib import Path
-from dicomnode.config import DicomSettings, StoreSettings
-from dicomnode.receiving.handlers import ReceiveContext
-from dicomnode.receiving.scp import start_scp
-from dicomnode.store.db import make_engine, make_sessionmaker
-from dicomnode.store.files import FileStore
-data = Path(sys.argv[1])
-context = ReceiveContext(FileStore(data), make_sessionmaker(make_engine(StoreSettings(data_dir=data))))
-try:
-    start_scp(DicomSettings(port=int(sys.argv[2])), context, block=True)
-except KeyboardInterrupt:
-    sys.exit(0)
-"""
 
 
 @pytest.mark.slow
@@ -424,7 +409,7 @@ def test_two_receiver_processes_racing_on_one_uid_store_it_once(
 
     ports = [free_port(), free_port()]
     processes = [
-        subprocess.Popen([sys.executable, "-c", _RECEIVER, str(data_dir), str(port)], cwd=REPO_ROOT)
+        subprocess.Popen([sys.executable, "-m", "tests.receiver_main", str(data_dir), str(port)], cwd=REPO_ROOT)
         for port in ports
     ]
     try:
