@@ -62,10 +62,12 @@ SR_CLASSES = {
 }
 SYNTAXES = [ExplicitVRLittleEndian]
 
+
 def _storescp_unique(folder: Path, port: int) -> AbstractContextManager[StoreSCP]:
     """DCMTK storescp writing every received object to a new file (+uf), so that
     repeated deliveries of one SOP Instance UID can be counted."""
     return run_storescp(folder, "PACS", port, ("+uf",))
+
 
 def _db_rows(data_dir: Path, query: str) -> list[tuple[object, ...]]:
     path = data_dir / "dicomnode.sqlite3"
@@ -73,6 +75,7 @@ def _db_rows(data_dir: Path, query: str) -> list[tuple[object, ...]]:
         return []
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10) as db:
         return list(db.execute(query).fetchall())
+
 
 class _Sender:
     """Sends datasets over one pynetdicom association in a thread, recording acks."""
@@ -110,11 +113,14 @@ class _Sender:
     def join(self) -> None:
         self.thread.join(timeout=60)
 
+
 def _acked_at_least(sender: _Sender, count: int) -> Callable[[], bool]:
     return lambda: len(sender.acked) >= count
 
+
 def _more_files(folder: Path, before: int) -> Callable[[], bool]:
     return lambda: len(list(folder.iterdir())) > before
+
 
 def _study(n: int, images: int = 3) -> list[pydicom.Dataset]:
     study = generate_uid()
@@ -124,6 +130,7 @@ def _study(n: int, images: int = 3) -> list[pydicom.Dataset]:
         )
         for k in range(images)
     ]
+
 
 @pytest.mark.slow
 def test_sigkill_loop_every_acknowledged_instance_processed_exactly_once(
@@ -216,6 +223,7 @@ def test_sigkill_loop_every_acknowledged_instance_processed_exactly_once(
     assert len(deliveries) == sum(repeats.values())
     assert len(repeats) == len(distinct) == len(stored) + len(sr_per_study)
 
+
 def _tmpfs(mountpoint: Path, size: str) -> bool:
     if os.geteuid() != 0:
         return False
@@ -225,6 +233,7 @@ def _tmpfs(mountpoint: Path, size: str) -> bool:
         capture_output=True, timeout=30, check=False,
     )  # fmt: skip
     return result.returncode == 0
+
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
@@ -241,8 +250,10 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
             ["umount", "-l", str(mountpoint)], capture_output=True, timeout=30, check=False
         )
 
+
 def _partials(data_dir: Path) -> list[Path]:
     return list(data_dir.rglob(".partial-*"))
+
 
 def test_disk_full_is_a700_without_partial_and_recovers(small_disk: Path) -> None:
     data_dir = small_disk / "data"
@@ -268,6 +279,7 @@ def test_disk_full_is_a700_without_partial_and_recovers(small_disk: Path) -> Non
         stop_scp(running.server, grace_s=1)
         engine.dispose()
     assert FileStore(data_dir).incoming_path(big.SOPInstanceUID).is_file()
+
 
 def test_file_size_limit_write_failure_is_a700_without_partial(data_dir: Path) -> None:
     """Works unprivileged: the receiver process may not write files over 1 MiB."""
@@ -297,6 +309,7 @@ def test_file_size_limit_write_failure_is_a700_without_partial(data_dir: Path) -
     assert not FileStore(data_dir).incoming_path(big.SOPInstanceUID).exists()
     assert resource.getrlimit(resource.RLIMIT_FSIZE)[0] != 1024 * 1024  # only the child was limited
 
+
 def test_locked_database_is_a700_without_partial_and_recovers(
     data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -323,9 +336,11 @@ def test_locked_database_is_a700_without_partial_and_recovers(
         engine.dispose()
     assert FileStore(data_dir).incoming_path(ds.SOPInstanceUID).is_file()
 
+
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
 
 @pytest.mark.slow
 def test_destination_down_results_wait_without_busy_loop(
