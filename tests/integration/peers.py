@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -70,8 +71,23 @@ class NodeProcess:
     process: subprocess.Popen[bytes]
 
     def kill(self) -> None:
+        """SIGKILL the node, then wait until its orphaned receiving processes stopped listening.
+
+        A restart must not race them: a new node's "port accepts" would otherwise be
+        answered by a dying child of the killed one (as under systemd, which would kill
+        the whole group, the test waits for the port to close).
+        """
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(timeout=10)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    pass
+            except OSError:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"port {self.port} still accepts 20 s after the node was killed")
 
     def stop(self) -> int:
         if self.process.poll() is None:
