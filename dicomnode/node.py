@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import signal
-import threading
+import time
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -154,11 +154,13 @@ def serve_forever(settings: Settings, role: str = "all") -> None:
         ModelError: the model cannot be loaded.
         OSError: the DICOM port cannot be bound.
     """
-    stop = threading.Event()
+    # A plain flag, not a threading.Event: the handler runs in the main thread between
+    # bytecodes, and Event.set() takes a lock the interrupted code may already hold.
+    stop_requested = False
 
     def _on_signal(signum: int, _frame: FrameType | None) -> None:
-        logger.info("signal %d received: shutting down", signum)
-        stop.set()
+        nonlocal stop_requested
+        stop_requested = True
 
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     if role not in ROLES:
@@ -180,9 +182,11 @@ def serve_forever(settings: Settings, role: str = "all") -> None:
             if listeners is not None and count > 1:
                 pool = ReceiverPool(settings, listeners, count - 1)
                 pool.start()
-            while not stop.wait(1.0):
-                if pool is not None:
+            while not stop_requested:
+                time.sleep(0.5)
+                if pool is not None and not stop_requested:
                     pool.check()
+            logger.info("signal received: shutting down")
         finally:
             if pool is not None:
                 pool.terminate()  # the children drain while this process does

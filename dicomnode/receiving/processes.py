@@ -36,7 +36,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from types import FrameType
@@ -223,12 +222,16 @@ def child_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     sockets = [socket.socket(fileno=int(fd)) for fd in args.fds.split(",") if fd]
-    stop = threading.Event()
+    # A plain flag, not a threading.Event: the handler runs in the main thread between
+    # bytecodes, and Event.set() takes a lock the interrupted code may already hold
+    # (a second SIGTERM arriving inside the first handler deadlocked a child).
+    stop_requested = False
 
     def _on_signal(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stop_requested
         if os.getppid() != args.parent:  # PR_SET_PDEATHSIG: the node is gone
             _stop_listening(sockets)
-        stop.set()
+        stop_requested = True
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _on_signal)
@@ -255,10 +258,11 @@ def child_main(argv: list[str] | None = None) -> int:
     )
     server = None
     try:
-        if not stop.is_set():
+        if not stop_requested:
             server = start_scp(settings.dicom, context, listeners=listeners)
             logger.debug("receiving process %d serves the node's port", os.getpid())
-        while not stop.wait(_PARENT_POLL_S):
+        while not stop_requested:
+            time.sleep(_PARENT_POLL_S)
             if os.getppid() != args.parent:
                 logger.warning(
                     "parent %d is gone: receiving process %d stops", args.parent, os.getpid()

@@ -224,3 +224,20 @@ def test_children_die_with_a_killed_parent(serve_two: tuple[subprocess.Popen[byt
     wait_until(lambda: _refused(port), 10, "nothing to listen on the port any more")
     again = bind_listeners(DicomSettings(ae_title=NODE_AE, port=port))  # a restart can bind it
     again.close()
+
+
+def test_a_burst_of_sigterms_still_stops_everything(
+    serve_two: tuple[subprocess.Popen[bytes], int],
+) -> None:
+    """Signal handlers must not take locks: repeated signals once deadlocked a child."""
+    process, port = serve_two
+    (child,) = _children(process.pid)
+    for _ in range(20):
+        for pid in (child, process.pid):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    assert process.wait(timeout=30) == 0
+    wait_until(lambda: not _alive(child), 20, "the child receiving process to stop")
+    assert _refused(port)
