@@ -156,24 +156,26 @@ def test_sigkill_loop_every_acknowledged_instance_processed_exactly_once(
     with _storescp_unique(pacs_dir, pacs_port):
         for round_, phase in enumerate(["receive", "batch", "send"] * 2):
             node = start(round_)
-            study = _study(round_)
-            if phase == "receive":
-                sender = _Sender(node_port, study, pause_s=0.3)
-                wait_until(_acked_at_least(sender, 2), 60, "two acknowledged instances")
-            else:
-                sender = _Sender(node_port, study)
-                sender.join()
-                assert len(sender.acked) == len(study)
-                if phase == "batch":
-                    wait_until(
-                        lambda: bool(_db_rows(data_dir, "SELECT 1 FROM job WHERE state IN ('running','done','sent')")),
-                        60, "a batch to start", poll_s=0.01,
-                    )  # fmt: skip
+            try:
+                study = _study(round_)
+                if phase == "receive":
+                    sender = _Sender(node_port, study, pause_s=0.3)
+                    wait_until(_acked_at_least(sender, 2), 60, "two acknowledged instances")
                 else:
-                    before = len(list(pacs_dir.iterdir()))
-                    wait_until(_more_files(pacs_dir, before), 60, "a result at the destination",
-                               poll_s=0.01)  # fmt: skip
-            node.kill()
+                    sender = _Sender(node_port, study)
+                    sender.join()
+                    assert len(sender.acked) == len(study)
+                    if phase == "batch":
+                        wait_until(
+                            lambda: bool(_db_rows(data_dir, "SELECT 1 FROM job WHERE state IN ('running','done','sent')")),
+                            60, "a batch to start", poll_s=0.01,
+                        )  # fmt: skip
+                    else:
+                        before = len(list(pacs_dir.iterdir()))
+                        wait_until(_more_files(pacs_dir, before), 60, "a result at the destination",
+                                   poll_s=0.01)  # fmt: skip
+            finally:
+                node.kill()  # also when an assertion above failed: no node left running
             sender.join()
             acked += sender.acked
             kills.append(phase)
