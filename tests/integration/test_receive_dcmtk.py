@@ -22,7 +22,7 @@ from dicomnode.receiving.scp import stop_scp
 from dicomnode.store.files import FileStore
 from dicomnode.store.models import Instance
 from tests.helpers import dcmtk, make_cxr_dataset, require_shared_data
-from tests.integration.peers import run_storescp
+from tests.integration.peers import STORESCU_PROPOSAL, run_storescp
 from tests.unit.receiving.conftest import NODE_AE, RunningScp, run_scp
 
 pytestmark = [pytest.mark.integration, pytest.mark.dcmtk, pytest.mark.shared_data]
@@ -65,16 +65,6 @@ def _dataset_part(path: Path) -> tuple[UID, bytes]:
     return UID(meta.TransferSyntaxUID), raw[132 + 12 + int(meta.FileMetaInformationGroupLength) :]
 
 
-#: storescu only proposes uncompressed transfer syntaxes unless told otherwise, and
-#: cannot decompress JPEG 2000 itself: each compressed file needs its option.
-_PROPOSE = {
-    "1.2.840.10008.1.2.4.50": "-xy",  # JPEG baseline
-    "1.2.840.10008.1.2.4.81": "-xu",  # JPEG-LS near-lossless
-    "1.2.840.10008.1.2.4.90": "-xv",  # JPEG 2000 lossless
-    "1.2.840.10008.1.2.4.91": "-xw",  # JPEG 2000
-}
-
-
 def _storescu(
     port: int, files: list[Path], cwd: Path, *options: str
 ) -> subprocess.CompletedProcess[str]:
@@ -109,7 +99,7 @@ def test_storescu_real_chest_files(
     groups: dict[str, list[Path]] = {}
     for path in paths:
         syntax = pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID
-        groups.setdefault(_PROPOSE.get(syntax, ""), []).append(path)
+        groups.setdefault(STORESCU_PROPOSAL.get(syntax, ""), []).append(path)
     ref_port, ref_dir = reference_storescp
     for option, group in groups.items():
         options = [option] if option else []
