@@ -43,6 +43,12 @@ def _by_class(files: list[Path]) -> dict[str, list[Path]]:
     return grouped
 
 
+def _fast_node_args(destination: str, model: Path, stable_after_s: int = 1) -> list[str]:
+    """`serve` options: results to ``destination``, ``model``, 1 s batch interval."""
+    return ["--destination", destination, "--model", str(model),
+            "--stable-after", str(stable_after_s), "--interval", "1"]  # fmt: skip
+
+
 @pytest.fixture
 def tiny_model(tmp_path: Path) -> Path:
     return make_tiny_model(tmp_path / "model")
@@ -73,8 +79,7 @@ def _write_synthetic_study(folder: Path) -> tuple[str, list[Path]]:
 def test_synthetic_study_round_trip(tmp_path: Path, tiny_model: Path) -> None:
     study_uid, files = _write_synthetic_study(tmp_path / "study")
     with run_storescp(tmp_path / "pacs") as pacs:
-        node = start_node(tmp_path / "node", ["--destination", pacs.spec, "--model", str(tiny_model),
-                                              "--stable-after", "1", "--interval", "1"])
+        node = start_node(tmp_path / "node", _fast_node_args(pacs.spec, tiny_model))
         try:
             sent = storescu(node.port, files)
             assert sent.returncode == 0, sent.stderr
@@ -112,8 +117,7 @@ def test_real_chest_dicoms_round_trip(tmp_path: Path, tiny_model: Path) -> None:
     studies = {str(dcmread(f, stop_before_pixels=True).StudyInstanceUID) for f in files}
     images = {str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
     with run_storescp(tmp_path / "pacs") as pacs:
-        node = start_node(tmp_path / "node", ["--destination", pacs.spec, "--model", str(tiny_model),
-                                              "--stable-after", "1", "--interval", "1"])
+        node = start_node(tmp_path / "node", _fast_node_args(pacs.spec, tiny_model))
         try:
             sent = storescu(node.port, files)
             assert sent.returncode == 0, sent.stderr
@@ -136,14 +140,12 @@ def test_restart_after_sigkill_processes_each_instance_once(tmp_path: Path, tiny
     study_uid, files = _write_synthetic_study(tmp_path / "study")
     data_dir = tmp_path / "node"
     with run_storescp(tmp_path / "pacs") as pacs:
-        first = start_node(data_dir, ["--destination", pacs.spec, "--model", str(tiny_model),
-                                      "--stable-after", "600", "--interval", "1"], log_name="first.log")
+        first = start_node(data_dir, _fast_node_args(pacs.spec, tiny_model, stable_after_s=600), log_name="first.log")
         sent = storescu(first.port, files)
         assert sent.returncode == 0, sent.stderr
         first.kill()
         assert pacs.files() == []
-        second = start_node(data_dir, ["--destination", pacs.spec, "--model", str(tiny_model),
-                                       "--stable-after", "1", "--interval", "1"], port=first.port, log_name="second.log")
+        second = start_node(data_dir, _fast_node_args(pacs.spec, tiny_model), port=first.port, log_name="second.log")
         try:
             wait_until(lambda: len(pacs.files()) >= 4, 120, "results after restart")
             # Give a duplicate a chance to appear: two more scheduler periods.
