@@ -88,3 +88,48 @@ class Prediction:
     def top_index(self) -> int:
         """Index of the label reported and explained: the most probable one."""
         return max(range(len(self.probabilities)), key=lambda i: self.probabilities[i])
+
+
+class NotAssessedReason(StrEnum):
+    """Why an image received no finding (neither present nor absent).
+
+    Each value has one coded concept in :mod:`dicomnode.outputs.codes` for the SR.
+    """
+
+    NOT_CHEST_RADIOGRAPH = "not_chest_radiograph"
+    """The input gate judged the pixels not to be a frontal chest radiograph."""
+    INVERTED_GRAYSCALE = "inverted_grayscale"
+    """The pixels look like a chest radiograph shown inverted (wrong photometric interpretation)."""
+    NO_IMAGE_CONTENT = "no_image_content"
+    """Blank, nearly uniform or pure-noise pixels."""
+    UNDECODABLE = "undecodable"
+    """The pixel data could not be decoded or used."""
+    OUT_OF_POPULATION = "out_of_population"
+    """Outside the model's intended population and ``model.out_of_population = "skip"``."""
+    HEADER_NOT_ACCEPTED = "header_not_accepted"
+    """Refused from its header at receive time (body part, modality, multi-frame, ...)."""
+
+
+@dataclass(frozen=True)
+class GateVerdict:
+    """The input gate's decision on one image, taken from its pixels before any finding.
+
+    Attributes:
+        assessable: True when the model may assert findings on this image.
+        reason: why not, when ``assessable`` is False.
+        score: out-of-distribution score (higher = less like the training images);
+            NaN when the model has no gate.
+        threshold: the score above which an image is gated; NaN without a gate.
+        detail: one human-readable line (no PHI), e.g. ``"OOD score 41.2 > 27.9"``.
+    """
+
+    assessable: bool
+    reason: NotAssessedReason | None = None
+    score: float = float("nan")
+    threshold: float = float("nan")
+    detail: str = ""
+
+    @classmethod
+    def accepted(cls) -> GateVerdict:
+        """The verdict of a model without a gate: everything is assessable."""
+        return cls(assessable=True)

@@ -142,8 +142,10 @@ def analyse_images(images: Sequence[PreparedImage], runner: ModelRunner, options
         batch = np.stack([image.model_input for image in chunk]).astype(np.float32, copy=False)
         # One forward pass gives the predictions and the Grad-CAM (backward through the
         # head only) of every image to explain.
-        predictions, heatmaps = runner.predict_and_explain(batch, positive_only=options.explain == "positive")
-        analyses.extend(ImageAnalysis(img, pred, heat) for img, pred, heat in zip(chunk, predictions, heatmaps))
+        result = runner.predict_and_explain(batch, positive_only=options.explain == "positive")
+        analyses.extend(
+            ImageAnalysis(img, pred, heat) for img, pred, heat in zip(chunk, result.predictions, result.heatmaps)
+        )
     return analyses
 
 

@@ -49,6 +49,24 @@ class Preprocessing(BaseModel):
         return self
 
 
+class IntendedPopulation(BaseModel):
+    """Who the model was trained for; images outside are flagged (or skipped) by the pipeline.
+
+    Attributes:
+        description: one line for readers, e.g. ``"pediatric (1-5 years), frontal AP chest"``.
+        min_age_years: youngest PatientAge in years (inclusive), None = no lower bound.
+        max_age_years: oldest PatientAge in years (inclusive), None = no upper bound.
+        view_positions: accepted ViewPosition values (``"AP"``, ``"PA"``); empty = any.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    description: str = ""
+    min_age_years: float | None = None
+    max_age_years: float | None = None
+    view_positions: tuple[str, ...] = ()
+
+
 class ModelManifest(BaseModel):
     """Description of one trained model (``models/<name>/manifest.json``).
 
@@ -73,8 +91,13 @@ class ModelManifest(BaseModel):
     )
     training_data: str = ""
     validation_metrics: dict[str, float] = Field(default_factory=dict)
+    validation_split: dict[str, str | int | float] = Field(
+        default_factory=dict,
+        description="how the validation split was carved: method, group key, seed, fraction, image and group counts",
+    )
     recipe: str = ""
     description: str = ""
+    intended_population: IntendedPopulation = Field(default_factory=IntendedPopulation)
 
     @field_validator("thresholds")
     @classmethod

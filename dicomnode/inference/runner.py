@@ -14,13 +14,14 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
-from dicomnode.domain import ModelIdentity, Prediction
+from dicomnode.domain import GateVerdict, ModelIdentity, Prediction
 from dicomnode.errors import ConfigError, DicomNodeError, InferenceError, ModelError
 from dicomnode.explain.gradcam import CamTarget, Chooser, explain_batch, find_cam_target
 from dicomnode.inference.manifest import LoadedManifest, ModelManifest
@@ -60,6 +61,23 @@ def select_device(spec: str = "auto") -> torch.device:
             raise ConfigError(f"device {spec!r} requested but only {count} CUDA device(s) exist")
         return torch.device("cuda", index)
     return torch.device("cuda")
+
+
+@dataclass
+class BatchAnalysis:
+    """What one model pass says about a batch, image by image (all lists have length N).
+
+    Attributes:
+        predictions: per image, the probabilities and thresholds of every label.
+        heatmaps: per image an ``(S, S)`` float32 Grad-CAM in [0, 1] of its reported
+            finding, or None (not explained, or not assessable).
+        verdicts: per image, the input gate's decision; a finding may be asserted only
+            where ``verdicts[i].assessable``.
+    """
+
+    predictions: list[Prediction]
+    heatmaps: list[np.ndarray | None]
+    verdicts: list[GateVerdict]
 
 
 def _is_cnn(model: nn.Module) -> bool:
@@ -198,8 +216,8 @@ class ModelRunner:
         explain_mask: Sequence[bool] | None = None,
         *,
         positive_only: bool = False,
-    ) -> tuple[list[Prediction], list[np.ndarray | None]]:
-        """Predict and explain the reported finding with a single forward pass.
+    ) -> BatchAnalysis:
+        """Predict, gate and explain the reported finding with a single forward pass.
 
         The explained label of an image is its reported one,
         :attr:`Prediction.top_index`. Predictions come from the Grad-CAM pass itself;
@@ -212,7 +230,8 @@ class ModelRunner:
                 (probability >= threshold).
 
         Returns:
-            Predictions, and per image an ``(S, S)`` float32 heatmap in [0, 1] or None.
+            Predictions, per image an ``(S, S)`` float32 heatmap in [0, 1] or None, and
+            the input gate's verdicts.
 
         Raises:
             InferenceError: bad shapes, or the forward pass or Grad-CAM failed.
@@ -222,8 +241,9 @@ class ModelRunner:
         mask = [True] * n if explain_mask is None else [bool(m) for m in explain_mask]
         if len(mask) != n:
             raise InferenceError(f"explain mask of {len(mask)} flags for {n} images")
+        verdicts = [GateVerdict.accepted() for _ in range(n)]
         if not any(mask):
-            return self._predict_tensor(inputs), [None] * n
+            return BatchAnalysis(self._predict_tensor(inputs), [None] * n, verdicts)
         predictions: list[Prediction] = []
 
         def choose(logits: torch.Tensor) -> list[int | None]:
@@ -240,7 +260,7 @@ class ModelRunner:
         heatmaps: list[np.ndarray | None] = [
             cams.heatmaps[i] if cams.explained[i] else None for i in range(n)
         ]
-        return predictions, heatmaps
+        return BatchAnalysis(predictions, heatmaps, verdicts)
 
     # -- internals -------------------------------------------------------------
 

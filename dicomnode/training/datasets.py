@@ -7,14 +7,17 @@ per label (the positive findings). Pixels go through the serving pipeline
 model is trained on exactly what it will see when serving.
 
 A stratified, seeded validation split is carved out when the data has none
-(:func:`split_indices`); ``evaluate --split val --seed S --val-fraction F`` re-carves
-the same split.
+(:func:`split_indices`); it is grouped by patient whenever the format carries a patient
+key (:func:`group_key_for_file`, NIH ``Patient ID``, RSNA ``patientId``, DICOM PatientID),
+so no patient sits in both parts. ``evaluate --split val --seed S --val-fraction F``
+re-carves the same split.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -77,6 +80,9 @@ class LabeledImages:
         paths: N image or DICOM files (None for in-memory arrays).
         arrays: (N, H, W) uint8 in-memory gray images (MedMNIST), or None.
         description: where the data came from (for the manifest).
+        groups: N patient keys (images of one patient share a key), or None when the
+            format has no patient key (MedMNIST); the carved split never separates a group.
+        group_source: what the keys are, e.g. ``"Kermany file name (personN / IM-NNNN)"``.
     """
 
     labels: tuple[str, ...]
@@ -84,6 +90,8 @@ class LabeledImages:
     paths: list[Path] | None = None
     arrays: np.ndarray | None = None
     description: str = ""
+    groups: list[str] | None = None
+    group_source: str = "none"
     _cache: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
     cache_images: bool = False
 
@@ -119,6 +127,8 @@ class LabeledImages:
             arrays=self.arrays[idx] if self.arrays is not None else None,
             description=self.description,
             cache_images=self.cache_images,
+            groups=[self.groups[i] for i in idx] if self.groups is not None else None,
+            group_source=self.group_source,
         )
 
     def positives(self) -> np.ndarray:
@@ -147,41 +157,128 @@ def load_gray(path: Path) -> np.ndarray:
         raise DataError(f"cannot read {path}: {type(exc).__name__}: {exc}") from exc
 
 
+_KERMANY_GROUP = (
+    re.compile(r"^(person\d+)_", re.IGNORECASE),  # person1000_bacteria_2931 -> person1000
+    re.compile(r"^((?:NORMAL\d+-)?IM-\d+)-", re.IGNORECASE),  # NORMAL2-IM-0381-0001 -> NORMAL2-IM-0381
+)
+KERMANY_GROUP_SOURCE = "Kermany file name (personN_..., IM-NNNN-..., NORMAL2-IM-NNNN-...)"
+
+
+def group_key_for_file(path: Path) -> str | None:
+    """The patient key a Kermany-style file name carries, or None when it carries none.
+
+    ``person1000_bacteria_2931.jpeg`` and ``person1000_virus_1681.jpeg`` are one child
+    (``person1000``); ``IM-0115-0001.jpeg`` is patient ``IM-0115``;
+    ``NORMAL2-IM-0381-0001.jpeg`` is ``NORMAL2-IM-0381`` (a separate numbering series).
+    """
+    for pattern in _KERMANY_GROUP:
+        match = pattern.match(path.stem)
+        if match is not None:
+            return match.group(1).lower()
+    return None
+
+
+def _dicom_patient_id(path: Path) -> str | None:
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"])
+    except Exception:  # noqa: BLE001 - an unreadable header just has no key; reading pixels reports it
+        return None
+    value = str(ds.get("PatientID", "") or "").strip()
+    return value or None
+
+
+def folder_groups(paths: Sequence[Path]) -> tuple[list[str] | None, str]:
+    """Patient keys for the files of an image folder, and where they came from.
+
+    Kermany-style names give the key from the name; DICOM files give their PatientID.
+    A file with no key is its own group (``file:<name>``); when no file has a key the
+    dataset is ungrouped (None).
+    """
+    keys: list[str | None] = []
+    sources: set[str] = set()
+    for path in paths:
+        key = group_key_for_file(path)
+        if key is not None:
+            sources.add(KERMANY_GROUP_SOURCE)
+        elif path.suffix.lower() in DICOM_SUFFIXES:
+            patient = _dicom_patient_id(path)
+            if patient is not None:
+                key = f"patient:{patient}"
+                sources.add("DICOM PatientID")
+        keys.append(key)
+    if not sources:
+        return None, "none (file names carry no patient key): split by image"
+    return [k if k is not None else f"file:{p.name}" for k, p in zip(keys, paths)], " + ".join(sorted(sources))
+
+
 def split_indices(
-    targets: np.ndarray, val_fraction: float, seed: int
+    targets: np.ndarray, val_fraction: float, seed: int, groups: Sequence[str] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified, seeded train/validation split.
+    """Stratified, seeded train/validation split, grouped by patient when ``groups`` is given.
 
     Strata are the label combinations of ``targets`` (binary: the class; multi-label:
-    "any finding" vs "none"). Each stratum is shuffled with ``numpy.random.default_rng(seed)``
-    and ``round(val_fraction * n)`` of it goes to validation.
+    "any finding" vs "none"); with groups, a patient's stratum is that of its most
+    positive image and whole patients move. Each stratum's units (images, or patients)
+    are shuffled with ``numpy.random.default_rng(seed)`` and ``round(val_fraction * n)``
+    of them go to validation.
 
     Args:
         targets: (N, L) float32 targets.
         val_fraction: in (0, 1).
         seed: RNG seed.
+        groups: N patient keys, or None to split images independently.
 
     Returns:
-        (train_indices, val_indices), sorted int64 arrays.
+        (train_indices, val_indices), sorted int64 arrays; no group has members in both.
 
     Raises:
-        DataError: the fraction is out of range or leaves a split empty.
+        DataError: the fraction is out of range, ``groups`` has the wrong length, or the
+            split leaves a part empty.
     """
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"validation fraction must lie in (0, 1), got {val_fraction}")
     n = targets.shape[0]
     strata = targets[:, 0] if targets.shape[1] == 1 else (targets.sum(axis=1) > 0)
+    if groups is None:
+        unit_of = np.arange(n)
+    else:
+        if len(groups) != n:
+            raise DataError(f"{len(groups)} group keys for {n} samples")
+        _, unit_of = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)
+    n_units = int(unit_of.max()) + 1 if n else 0
+    unit_stratum = np.zeros(n_units, dtype=np.float64)
+    np.maximum.at(unit_stratum, unit_of, strata.astype(np.float64))
     rng = np.random.default_rng(seed)
-    val: list[np.ndarray] = []
-    for value in np.unique(strata):
-        members = np.flatnonzero(strata == value)
+    val_units: list[np.ndarray] = []
+    for value in np.unique(unit_stratum):
+        members = np.flatnonzero(unit_stratum == value)
         members = members[rng.permutation(members.size)]
-        val.append(members[: round(val_fraction * members.size)])
-    val_idx = np.sort(np.concatenate(val)) if val else np.empty(0, dtype=np.int64)
+        val_units.append(members[: round(val_fraction * members.size)])
+    chosen = np.concatenate(val_units) if val_units else np.empty(0, dtype=np.int64)
+    val_idx = np.flatnonzero(np.isin(unit_of, chosen))
     train_idx = np.setdiff1d(np.arange(n), val_idx)
     if val_idx.size == 0 or train_idx.size == 0:
         raise DataError(f"a {val_fraction:.2f} validation split of {n} samples leaves a split empty")
     return train_idx.astype(np.int64), val_idx.astype(np.int64)
+
+
+def split_summary(data: LabeledImages, train_idx: np.ndarray, val_idx: np.ndarray, val_fraction: float, seed: int) -> dict[str, object]:
+    """How a carved split was made, for the manifest: method, seed, fraction, group counts."""
+    grouped = data.groups is not None
+    summary: dict[str, object] = {
+        "method": "stratified, grouped by patient" if grouped else "stratified by image (no patient key)",
+        "group_key": data.group_source,
+        "seed": seed,
+        "val_fraction": val_fraction,
+        "n_train_images": int(train_idx.size),
+        "n_val_images": int(val_idx.size),
+    }
+    if data.groups is not None:
+        summary["n_train_groups"] = len({data.groups[i] for i in train_idx})
+        summary["n_val_groups"] = len({data.groups[i] for i in val_idx})
+    return summary
 
 
 def detect_format(path: Path) -> DataFormat:
@@ -269,7 +366,11 @@ def load_image_folder(path: Path, split: Split = Split.ALL) -> tuple[LabeledImag
         rows.extend([row] * len(files))
     targets = np.stack(rows).astype(np.float32)
     description = f"image folder {path} ({len(paths)} images, classes {[f.name for f in folders]})"
-    return LabeledImages(labels=labels, targets=targets, paths=paths, description=description), own_split
+    groups, group_source = folder_groups(paths)
+    data = LabeledImages(
+        labels=labels, targets=targets, paths=paths, description=description, groups=groups, group_source=group_source
+    )
+    return data, own_split
 
 
 def load_medmnist(path: Path, split: Split = Split.ALL) -> tuple[LabeledImages, bool]:
@@ -309,7 +410,13 @@ def load_medmnist(path: Path, split: Split = Split.ALL) -> tuple[LabeledImages, 
     own = split is not Split.ALL or "val_images" in keys
     description = f"MedMNIST {file.name} {part} ({images.shape[0]} images {images.shape[1:]})"
     return (
-        LabeledImages(labels=names, targets=labels_arr, arrays=images.astype(np.uint8), description=description),
+        LabeledImages(
+            labels=names,
+            targets=labels_arr,
+            arrays=images.astype(np.uint8),
+            description=description,
+            group_source="none (MedMNIST carries no patient key; use its own train/val split)",
+        ),
         own and split is not Split.ALL,
     )
 
@@ -350,6 +457,8 @@ def load_rsna(path: Path, images_dir: Path | None = None) -> LabeledImages:
         targets=np.asarray(targets, dtype=np.float32),
         paths=paths,
         description=f"RSNA pneumonia {csv_path.name} ({len(paths)} DICOM images)",
+        groups=[p.stem for p in paths],
+        group_source="RSNA patientId",
     )
 
 
@@ -366,13 +475,14 @@ def load_nih(path: Path, images_dir: Path | None = None) -> LabeledImages:
     root = images_dir or (csv_path.parent / "images" if (csv_path.parent / "images").is_dir() else csv_path.parent)
     index = {p.name: p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES | DICOM_SUFFIXES}
     order = {name: i for i, name in enumerate(NIH_FINDINGS)}
-    paths, targets = [], []
+    paths, targets, patients = [], [], []
     try:
         with csv_path.open(newline="", encoding="utf-8") as handle:
             for row in csv.DictReader(handle):
                 file = index.get(row["Image Index"].strip())
                 if file is None:
                     continue
+                patients.append(str(row.get("Patient ID") or "").strip() or f"file:{file.name}")
                 vector = np.zeros(len(NIH_FINDINGS), dtype=np.float32)
                 for finding in row["Finding Labels"].split("|"):
                     if finding.strip() in order:
@@ -388,6 +498,8 @@ def load_nih(path: Path, images_dir: Path | None = None) -> LabeledImages:
         targets=np.stack(targets),
         paths=paths,
         description=f"NIH ChestX-ray14 {csv_path.name} ({len(paths)} images)",
+        groups=patients,
+        group_source="NIH Patient ID",
     )
 
 
@@ -467,5 +579,5 @@ def select_split(
         return train
     if own_val is not None:
         return own_val if split is Split.VAL else train
-    train_idx, val_idx = split_indices(train.targets, val_fraction, seed)
+    train_idx, val_idx = split_indices(train.targets, val_fraction, seed, train.groups)
     return train.subset(val_idx if split is Split.VAL else train_idx)

@@ -33,7 +33,7 @@ from dicomnode.errors import DataError, ModelError
 from dicomnode.inference.manifest import ModelManifest, Preprocessing, sha256_file, write_manifest
 from dicomnode.training import metrics
 from dicomnode.training.augment import AugmentConfig, augment_gray
-from dicomnode.training.datasets import DataFormat, LabeledImages, load_dataset, split_indices
+from dicomnode.training.datasets import DataFormat, LabeledImages, load_dataset, split_indices, split_summary
 
 if TYPE_CHECKING:
     import torch
@@ -288,8 +288,14 @@ def _bce(targets: np.ndarray, logits: np.ndarray) -> float:
     return float(loss.mean()) if loss.size else float("nan")
 
 
-def prepare_data(config: TrainConfig) -> tuple[LabeledImages, LabeledImages]:
-    """Training and validation parts of ``config.data`` (carved split unless the data has one).
+def prepare_data(config: TrainConfig) -> tuple[LabeledImages, LabeledImages, dict[str, object]]:
+    """Training and validation parts of ``config.data`` and how they were split.
+
+    The validation part is the data's own when it has one, else a stratified split
+    grouped by patient (:func:`~dicomnode.training.datasets.split_indices`).
+
+    Returns:
+        (train, validation, split summary for the manifest).
 
     Raises:
         DataError: unreadable data or a split that leaves a part empty.
@@ -297,16 +303,23 @@ def prepare_data(config: TrainConfig) -> tuple[LabeledImages, LabeledImages]:
     train_all, own_val = load_dataset(config.data, config.fmt, images_dir=config.images_dir)
     if own_val is not None:
         train, val = train_all, own_val
+        split: dict[str, object] = {
+            "method": "the dataset's own validation part",
+            "group_key": train_all.group_source,
+            "n_train_images": len(train),
+            "n_val_images": len(val),
+        }
     else:
-        train_idx, val_idx = split_indices(train_all.targets, config.val_fraction, config.seed)
+        train_idx, val_idx = split_indices(train_all.targets, config.val_fraction, config.seed, train_all.groups)
         train, val = train_all.subset(train_idx), train_all.subset(val_idx)
+        split = split_summary(train_all, train_idx, val_idx, config.val_fraction, config.seed)
     if config.max_train_samples is not None and len(train) > config.max_train_samples:
         rng = np.random.default_rng(config.seed)
         keep = np.sort(rng.choice(len(train), config.max_train_samples, replace=False))
         train = train.subset(keep)
     train.cache_images = True
     val.cache_images = True
-    return train, val
+    return train, val, split
 
 
 def train(config: TrainConfig) -> TrainResult:
@@ -334,7 +347,7 @@ def train(config: TrainConfig) -> TrainResult:
     out.mkdir(parents=True, exist_ok=True)
     _seed_everything(config.seed)
     device = _resolve_device(config.device)
-    train_data, val_data = prepare_data(config)
+    train_data, val_data, split = prepare_data(config)
     labels = train_data.labels
     if train_data.positives().min() == 0:
         raise DataError(f"a label has no positive training sample: {dict(zip(labels, train_data.positives()))}")
@@ -472,7 +485,7 @@ def train(config: TrainConfig) -> TrainResult:
                 logger.info("stopping after epoch %d: time budget of %.0f min", epoch, config.max_minutes)
                 break
 
-    return finalize(config, draft, val_data, history, best_epoch, init_note, device)
+    return finalize(config, draft, val_data, history, best_epoch, init_note, device, split)
 
 
 def _write_history(history: list[dict[str, float]], out: Path) -> None:
@@ -492,6 +505,7 @@ def finalize(
     best_epoch: int,
     init_note: str,
     device: torch.device | str = "cpu",
+    split: dict[str, object] | None = None,
 ) -> TrainResult:
     """Reload the best weights, choose thresholds on validation, write manifest, metrics and plots."""
     import torch
@@ -536,9 +550,11 @@ def finalize(
             "thresholds": thresholds,
             "weights_sha256": sha256_file(weights),
             "training_data": (
-                f"{val_data.description}; validation = stratified {config.val_fraction:.0%} of train, "
-                f"seed {config.seed} (numpy default_rng), best epoch {best_epoch}; init: {init_note}"
+                f"{val_data.description}; validation = {(split or {}).get('method', 'stratified')} "
+                f"{config.val_fraction:.0%} of train, seed {config.seed} (numpy default_rng), "
+                f"best epoch {best_epoch}; init: {init_note}"
             ),
+            "validation_split": split or {},
             "validation_metrics": validation_metrics,
             "recipe": config.recipe,
             "description": config.description,

@@ -190,7 +190,7 @@ def pretrain(config: PretrainConfig) -> Path:
     config.out.mkdir(parents=True, exist_ok=True)
     data, own_val = load_dataset(config.data, config.fmt)
     if own_val is None and config.val_fraction > 0:
-        train_idx, _ = split_indices(data.targets, config.val_fraction, config.seed)
+        train_idx, _ = split_indices(data.targets, config.val_fraction, config.seed, data.groups)
         data = data.subset(train_idx)
     logger.info("MAE pretraining %s on %d images", config.arch, len(data))
     data.cache_images = True

@@ -96,8 +96,10 @@ def test_gpu_matches_cpu() -> None:
     gpu_model.load_state_dict(cpu.model.state_dict())
     gpu = ModelRunner(gpu_model, cpu.manifest, torch.device("cuda"))
     batch = make_batch(4)
-    cpu_predictions, cpu_maps = cpu.predict_and_explain(batch)
-    gpu_predictions, gpu_maps = gpu.predict_and_explain(batch)
+    cpu_result = cpu.predict_and_explain(batch)
+    cpu_predictions, cpu_maps = cpu_result.predictions, cpu_result.heatmaps
+    gpu_result = gpu.predict_and_explain(batch)
+    gpu_predictions, gpu_maps = gpu_result.predictions, gpu_result.heatmaps
     for p, q in zip(cpu_predictions, gpu_predictions):
         np.testing.assert_allclose(p.probabilities, q.probabilities, atol=1e-3)
     for h, g in zip(cpu_maps, gpu_maps):
@@ -214,7 +216,8 @@ def test_predict_and_explain_matches_separate_calls() -> None:
     with torch.no_grad():
         runner.model.get_classifier().weight.uniform_(-1.0, 1.0)
     batch = make_batch(4, seed=5)
-    predictions, heatmaps = runner.predict_and_explain(batch, [True, False, True, True])
+    result = runner.predict_and_explain(batch, [True, False, True, True])
+    predictions, heatmaps = result.predictions, result.heatmaps
     alone = runner.predict(batch)
     for p, q in zip(predictions, alone):
         np.testing.assert_allclose(p.probabilities, q.probabilities, rtol=1e-5, atol=1e-6)
@@ -234,12 +237,15 @@ def test_positive_only() -> None:
     everyone = ModelRunner(
         model, manifest, torch.device("cpu"), {"pneumonia": 0.0, "effusion": 0.0}
     )
-    _, heatmaps = everyone.predict_and_explain(batch, positive_only=True)
+    result = everyone.predict_and_explain(batch, positive_only=True)
+    heatmaps = result.heatmaps
     assert all(h is not None for h in heatmaps)
     nobody = ModelRunner(model, manifest, torch.device("cpu"), {"pneumonia": 1.0, "effusion": 1.0})
-    predictions, heatmaps = nobody.predict_and_explain(batch, positive_only=True)
+    result = nobody.predict_and_explain(batch, positive_only=True)
+    predictions, heatmaps = result.predictions, result.heatmaps
     assert heatmaps == [None, None, None] and len(predictions) == 3
-    predictions, heatmaps = nobody.predict_and_explain(batch, [False, False, False])
+    result = nobody.predict_and_explain(batch, [False, False, False])
+    predictions, heatmaps = result.predictions, result.heatmaps
     assert heatmaps == [None, None, None] and len(predictions) == 3
 
 

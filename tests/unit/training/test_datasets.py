@@ -14,6 +14,7 @@ from dicomnode.training.datasets import (
     detect_format,
     load_dataset,
     load_image_folder,
+    group_key_for_file,
     select_split,
     split_indices,
 )
@@ -45,6 +46,48 @@ def test_split_is_stratified_disjoint_and_seeded() -> None:
     assert not np.array_equal(val, split_indices(targets, 0.15, seed=4)[1])
     with pytest.raises(DataError):
         split_indices(targets, 1.5, seed=0)
+
+
+@pytest.mark.parametrize(
+    ("name", "key"),
+    [
+        ("person1000_bacteria_2931.jpeg", "person1000"),
+        ("person1000_virus_1681.jpeg", "person1000"),
+        ("person1_virus_6_2.jpeg", "person1"),
+        ("IM-0115-0001.jpeg", "im-0115"),
+        ("IM-0117-0001-0002.jpeg", "im-0117"),
+        ("NORMAL2-IM-0381-0001.jpeg", "normal2-im-0381"),
+        ("scan.png", None),
+    ],
+)
+def test_kermany_file_names_give_the_patient(name: str, key: str | None) -> None:
+    assert group_key_for_file(Path(name)) == key
+
+
+def test_grouped_split_never_separates_a_patient() -> None:
+    rng = np.random.default_rng(0)
+    groups = [f"p{int(g)}" for g in rng.integers(0, 60, size=400)]
+    targets = np.array([[float(int(g[1:]) % 3 == 0)] for g in groups], dtype=np.float32)
+    train, val = split_indices(targets, 0.2, seed=1, groups=groups)
+    assert train.size + val.size == 400 and np.intersect1d(train, val).size == 0
+    assert not {groups[i] for i in train} & {groups[i] for i in val}
+    # Stratified at patient level: both classes reach validation.
+    assert 0 < targets[val].sum() < val.size
+
+
+def test_kermany_validation_split_is_grouped_by_patient() -> None:
+    """The real training folder: no child sits in both train and validation."""
+    data_dir = require_shared_data("kermany_224/train")
+    data, _ = load_image_folder(data_dir)
+    assert data.groups is not None and data.paths is not None
+    train, val = split_indices(data.targets, 0.15, seed=0, groups=data.groups)
+    train_groups = {data.groups[i] for i in train}
+    val_groups = {data.groups[i] for i in val}
+    assert not train_groups & val_groups
+    # person1000 has a bacterial and a viral image: both land on one side.
+    sides = {("val" if i in set(val.tolist()) else "train") for i, p in enumerate(data.paths) if p.name.startswith("person1000_")}
+    assert len(sides) == 1
+    assert 0.12 < val.size / len(data) < 0.18
 
 
 def test_select_split_recarves_the_same_validation(synthetic_folder: Path) -> None:
