@@ -64,6 +64,13 @@ def train(
     threads: Annotated[int, typer.Option(help="torch CPU threads (0: default).")] = 0,
     description: Annotated[str, typer.Option(help="Free text for the manifest.")] = "",
     recipe: Annotated[str, typer.Option(help="Command or recipe file that reproduces the run (for the manifest).")] = "",
+    teacher: Annotated[
+        str | None,
+        typer.Option(help="Distil from this trained model (name or manifest path; same split seed and fraction)."),
+    ] = None,
+    distill_weight: Annotated[
+        float, typer.Option("--distill-weight", help="Weight of the teacher's soft targets (0-1].")
+    ] = 0.5,
     log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
 ) -> None:
     """Train a classifier and write a model folder (manifest + safetensors + metrics + plots)."""
@@ -87,6 +94,7 @@ def train(
         augment=augment, resume=resume, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
         patience=patience, max_train_samples=max_train_samples, max_minutes=max_minutes,
         device=device, threads=threads, description=description, recipe=recipe,
+        teacher=teacher, distill_weight=distill_weight,
     )
     try:
         result = run_training(config)

@@ -33,7 +33,13 @@ from dicomnode.errors import DataError, ModelError
 from dicomnode.inference.manifest import ModelManifest, Preprocessing, sha256_file, write_manifest
 from dicomnode.training import metrics
 from dicomnode.training.augment import AugmentConfig, augment_gray
-from dicomnode.training.datasets import DataFormat, LabeledImages, load_dataset, split_indices, split_summary
+from dicomnode.training.datasets import (
+    DataFormat,
+    LabeledImages,
+    load_dataset,
+    split_indices,
+    split_summary,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -82,6 +88,13 @@ class TrainConfig:
         bootstrap: bootstrap resamples for the AUC confidence interval.
         description: free text for the manifest.
         recipe: the command/recipe that reproduces the run (for the manifest).
+        teacher: a trained model (name under ``models/`` or manifest path) whose
+            probabilities on each augmented training batch serve as soft targets
+            (knowledge distillation). It must have been trained with the same
+            validation split (same ``seed`` and ``val_fraction``), or the student's
+            validation figures would be contaminated.
+        distill_weight: weight of the soft-target loss; the hard-label loss gets
+            ``1 - distill_weight``.
     """
 
     data: Path
@@ -115,6 +128,8 @@ class TrainConfig:
     bootstrap: int = 1000
     description: str = ""
     recipe: str = ""
+    teacher: str | None = None
+    distill_weight: float = 0.5
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict (paths as strings)."""
@@ -175,17 +190,47 @@ def batch_inputs(
     pre: Preprocessing,
     rng: np.random.Generator | None,
     aug: AugmentConfig | None,
+    also: Preprocessing | None = None,
 ) -> np.ndarray:
-    """(B, C, S, S) float32 inputs of ``indices`` (augmented when ``aug`` is given)."""
+    """(B, C, S, S) float32 inputs of ``indices`` (augmented when ``aug`` is given).
+
+    With ``also``, the same augmented gray images are also prepared for that second
+    preprocessing (a distillation teacher's) and returned as ``out[1]`` of a pair; see
+    :func:`paired_batch_inputs`.
+    """
+    return paired_batch_inputs(data, indices, pre, rng, aug, also)[0]
+
+
+def paired_batch_inputs(
+    data: LabeledImages,
+    indices: np.ndarray,
+    pre: Preprocessing,
+    rng: np.random.Generator | None,
+    aug: AugmentConfig | None,
+    also: Preprocessing | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Inputs of ``indices`` for ``pre`` and, when given, for ``also`` from the same pixels.
+
+    Returns:
+        ((B, C, S, S) float32, (B, C', S', S') float32 or None).
+    """
     from dicomnode.inference.preprocess import gray_to_input
 
     out = np.empty((len(indices), pre.in_chans, pre.input_size, pre.input_size), dtype=np.float32)
+    second = (
+        np.empty((len(indices), also.in_chans, also.input_size, also.input_size), dtype=np.float32)
+        if also is not None
+        else None
+    )
+    side = 2 * max(pre.input_size, also.input_size if also is not None else 0)
     for row, index in enumerate(indices):
         gray = data.gray(int(index))
         if aug is not None and rng is not None:
-            gray = augment_gray(gray, rng, aug, max_side=2 * pre.input_size)
+            gray = augment_gray(gray, rng, aug, max_side=side)
         out[row] = gray_to_input(gray, pre)
-    return out
+        if second is not None and also is not None:
+            second[row] = gray_to_input(gray, also)
+    return out, second
 
 
 def predict_probs(
@@ -389,6 +434,7 @@ def train(config: TrainConfig) -> TrainResult:
         optimizer, _lr_lambda(total_steps, warmup_steps, config.min_lr_ratio)
     )
     aug = AugmentConfig() if config.augment else None
+    teacher, teacher_pre, teacher_cnn = _load_teacher(config, device)
 
     history: list[dict[str, float]] = []
     best_auc, best_epoch, start_epoch = -math.inf, 0, 1
@@ -417,13 +463,22 @@ def train(config: TrainConfig) -> TrainResult:
         bar = _bar(total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}", unit="batch")
         for step in range(steps_per_epoch):
             idx = order[step * config.batch_size : (step + 1) * config.batch_size]
-            x = torch.from_numpy(batch_inputs(train_data, idx, pre, rng, aug)).to(device)
+            x_np, tx_np = paired_batch_inputs(train_data, idx, pre, rng, aug, teacher_pre)
+            x = torch.from_numpy(x_np).to(device)
             if cnn:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = torch.from_numpy(train_data.targets[idx]).to(device)
             with _autocast(device):
                 logits = model(x)
             loss = criterion(logits.float(), y)
+            if teacher is not None and tx_np is not None:
+                tx = torch.from_numpy(tx_np).to(device)
+                if teacher_cnn:
+                    tx = tx.contiguous(memory_format=torch.channels_last)
+                with torch.inference_mode(), _autocast(device):
+                    soft = torch.sigmoid(teacher(tx).float())
+                soft_loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), soft.clone())
+                loss = (1.0 - config.distill_weight) * loss + config.distill_weight * soft_loss
             if not torch.isfinite(loss):
                 raise ModelError(f"training diverged: loss {loss.item()} at epoch {epoch} step {step}")
             optimizer.zero_grad(set_to_none=True)
@@ -486,6 +541,45 @@ def train(config: TrainConfig) -> TrainResult:
                 break
 
     return finalize(config, draft, val_data, history, best_epoch, init_note, device, split)
+
+
+def _load_teacher(
+    config: TrainConfig, device: torch.device
+) -> tuple[torch.nn.Module | None, Preprocessing | None, bool]:
+    """The distillation teacher (eval mode, frozen), its preprocessing and whether it is a CNN.
+
+    Raises:
+        ModelError: the teacher cannot be loaded, or its split differs from this run's.
+    """
+    if config.teacher is None:
+        return None, None, False
+    import torch
+
+    from dicomnode.inference.registry import is_cnn, load_model, resolve_manifest
+
+    if not 0.0 < config.distill_weight <= 1.0:
+        raise ModelError(f"distill weight must lie in (0, 1], got {config.distill_weight}")
+    loaded = resolve_manifest(config.teacher)
+    teacher_metrics = loaded.manifest.validation_metrics
+    same_split = (
+        int(teacher_metrics.get("split_seed", -1)) == config.seed
+        and abs(float(teacher_metrics.get("val_fraction", -1.0)) - config.val_fraction) < 1e-9
+        and loaded.manifest.validation_split.get("method") is not None
+    )
+    if not same_split:
+        raise ModelError(
+            f"teacher {config.teacher!r} was not validated on this run's grouped split "
+            f"(seed {config.seed}, fraction {config.val_fraction}): its knowledge of the "
+            "validation images would leak into the student's figures"
+        )
+    teacher = load_model(loaded, device, verify_sha256=True).eval()
+    for param in teacher.parameters():
+        param.requires_grad_(False)
+    cnn = is_cnn(loaded.manifest.architecture)
+    if cnn:
+        teacher = teacher.to(memory_format=torch.channels_last)
+    logger.info("distilling from %s (%s), weight %.2f", loaded.manifest.name, loaded.manifest.architecture, config.distill_weight)
+    return teacher, loaded.manifest.preprocessing, cnn
 
 
 def _write_history(history: list[dict[str, float]], out: Path) -> None:

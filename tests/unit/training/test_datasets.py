@@ -12,9 +12,9 @@ from dicomnode.training.datasets import (
     DataFormat,
     Split,
     detect_format,
+    group_key_for_file,
     load_dataset,
     load_image_folder,
-    group_key_for_file,
     select_split,
     split_indices,
 )

@@ -150,3 +150,21 @@ def test_imagenet_init_fails_clearly_offline(monkeypatch: pytest.MonkeyPatch) ->
     model = timm.create_model("test_resnet", pretrained=False, num_classes=1)
     with pytest.raises(ModelError, match="cannot fetch timm ImageNet weights"):
         initialise(model, "test_resnet", "imagenet")
+
+
+@pytest.mark.slow
+def test_distillation_from_a_teacher_on_the_same_split(trained: Path, synthetic_folder: Path, tmp_path: Path) -> None:
+    """A student at another input size learns from the teacher's soft targets on the same pixels."""
+    out = tmp_path / "student"
+    result = train(
+        tiny_config(synthetic_folder, out, teacher=str(trained / "manifest.json"), img_size=24, epochs=2, augment=True)
+    )
+    assert result.manifest.preprocessing.input_size == 24
+    config = json.loads((out / "train_config.json").read_text(encoding="utf-8"))
+    assert config["teacher"].endswith("manifest.json") and config["distill_weight"] == 0.5
+
+
+@pytest.mark.slow
+def test_a_teacher_from_another_split_is_refused(trained: Path, synthetic_folder: Path, tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="split"):
+        train(tiny_config(synthetic_folder, tmp_path / "student", teacher=str(trained), seed=2, epochs=1))
