@@ -5,9 +5,9 @@
 source "$(dirname "$0")/_common.sh"
 "$DICOMNODE" train \
   --data "$DATA" --arch efficientnet_lite0 --out runs/default --name default \
-  --epochs 10 --batch-size 32 --img-size 224 --in-chans 3 --resize squash \
+  --epochs 6 --batch-size 32 --img-size 224 --in-chans 3 --resize squash \
   --val-fraction 0.15 --seed 0 --init effnet-lite0-package --threshold-policy youden --augment \
-  --lr 5e-4 --warmup-epochs 0.3 --weight-decay 0.05 --patience 4 \
+  --lr 5e-4 --warmup-epochs 0.3 --weight-decay 0.05 --patience 3 \
   --recipe "training/default.sh" \
   --description "EfficientNet-Lite0 (ImageNet init) fine-tuned for pneumonia vs normal on pediatric chest X-rays (Kermany 2018). Research use only, not for diagnosis."
 if [ "${SHIP:-0}" = 1 ]; then ship default; fi

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # models/vit-tiny: ViT-Tiny/16 trained FROM SCRATCH (no ViT ImageNet weights are reachable offline) on the
 # Kermany pediatric CXR training split at 112x112 (7x7 patches of 16 px), validated on the same stratified
-# seeded 15 % split as models/default. Bounded CPU budget (about 25 min on 2 cores); weaker than default.
+# seeded 15 % split grouped by patient as models/default, distilled from models/default (its soft
+# probabilities on the same augmented training pixels; the teacher never saw the validation patients).
+# Bounded CPU budget (about 30 min on 2 cores). Train models/default first.
 # Reproduce: training/vit-tiny.sh   (SHIP=1 to copy runs/vit-tiny into models/vit-tiny)
 source "$(dirname "$0")/_common.sh"
 "$DICOMNODE" train \
@@ -9,6 +11,7 @@ source "$(dirname "$0")/_common.sh"
   --epochs 12 --batch-size 64 --img-size 112 --in-chans 3 --resize squash \
   --val-fraction 0.15 --seed 0 --init random --threshold-policy youden --augment \
   --lr 1e-3 --warmup-epochs 1 --weight-decay 0.05 --patience 12 \
+  --teacher "${TEACHER:-default}" --distill-weight 0.7 \
   --recipe "training/vit-tiny.sh" \
   --description "ViT-Tiny/16 at 112 px trained from scratch for pneumonia vs normal on pediatric chest X-rays (Kermany 2018). Research use only, not for diagnosis."
 if [ "${SHIP:-0}" = 1 ]; then ship vit-tiny; fi
