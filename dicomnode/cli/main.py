@@ -28,6 +28,8 @@ app.add_typer(config_app, name="config")
 app.command("train")(training.train)
 app.command("evaluate")(training.evaluate)
 app.command("pretrain")(training.pretrain)
+app.command("calibrate")(training.calibrate)
+app.command("site-threshold")(training.site_threshold)
 app.command("conformance")(conformance.conformance)
 app.add_typer(training.models_app, name="models")
 

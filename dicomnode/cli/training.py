@@ -1,4 +1,4 @@
-"""CLI adapters for ``dicomnode train``, ``dicomnode evaluate`` and ``dicomnode models list``.
+"""CLI adapters for ``train``, ``evaluate``, ``calibrate``, ``site-threshold`` and ``models list``.
 
 Thin: parse options, call one library function, map ``DicomNodeError`` to a one-line
 message on stderr and exit code 1. torch/timm are imported inside the commands.
@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
 from dicomnode.errors import DicomNodeError
+
+if TYPE_CHECKING:
+    from dicomnode.training.datasets import DataFormat
 
 models_app = typer.Typer(no_args_is_help=True, help="Shipped and local models.")
 
@@ -50,8 +54,15 @@ def train(
         str, typer.Option(help="random, imagenet (timm hub, online only), effnet-lite0-package, or a weights file.")
     ] = "random",
     threshold_policy: Annotated[
-        str, typer.Option("--threshold-policy", help="youden, sensitivity:0.95 or fixed:0.5 (chosen on validation).")
+        str,
+        typer.Option(
+            "--threshold-policy",
+            help="youden, sensitivity:0.95, specificity:0.9 or fixed:0.5 (on calibrated validation probabilities).",
+        ),
     ] = "youden",
+    calibration: Annotated[
+        str, typer.Option(help="temperature, platt or none: fitted on the validation logits before the threshold.")
+    ] = "temperature",
     augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Training augmentations.")] = True,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt.")] = False,
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, cosine with warmup).")] = 1e-3,
@@ -91,7 +102,7 @@ def train(
         data=data, arch=arch, out=out, name=name, fmt=fmt, images_dir=images_dir, epochs=epochs,
         batch_size=batch_size, img_size=img_size, in_chans=in_chans, resize=resize,
         val_fraction=val_fraction, seed=seed, init=init, threshold_policy=threshold_policy,
-        augment=augment, resume=resume, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
+        calibration=calibration, augment=augment, resume=resume, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
         patience=patience, max_train_samples=max_train_samples, max_minutes=max_minutes,
         device=device, threads=threads, description=description, recipe=recipe,
         teacher=teacher, distill_weight=distill_weight,
@@ -105,6 +116,7 @@ def train(
         f"wrote {result.out / 'manifest.json'}: val AUC {report.get('auc', float('nan')):.4f}, "
         f"threshold {result.manifest.thresholds[0]:.4f} ({result.manifest.threshold_policy}), best epoch {result.best_epoch}"
     )
+    typer.echo(_ci_line(report))
 
 
 def evaluate(
@@ -121,7 +133,7 @@ def evaluate(
     images_dir: Annotated[Path | None, typer.Option("--images-dir")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
     device: Annotated[str, typer.Option(help="cpu, cuda.")] = "cpu",
-    bootstrap: Annotated[int, typer.Option(min=0, help="Bootstrap resamples for the AUC CI.")] = 1000,
+    bootstrap: Annotated[int, typer.Option(min=0, help="Bootstrap resamples for the 95% CIs (AUC, accuracy, sens, spec).")] = 1000,
     log_level: Annotated[str, typer.Option("--log-level")] = "WARNING",
 ) -> None:
     """Evaluate one or more models: AUC (95% CI), accuracy, sensitivity, specificity, ...
@@ -158,6 +170,130 @@ def evaluate(
         typer.echo(table)
         if out is not None:
             typer.echo(f"report and plots in {out}")
+
+
+def calibrate(
+    model: Annotated[str, typer.Option(help="Model name (models/<name>) or manifest file/folder; rewritten in place (weights untouched).")],
+    data: Annotated[Path, typer.Option(help="The data the model was trained on; its grouped validation split is re-carved.")],
+    method: Annotated[str, typer.Option(help="temperature (one per label), platt (temperature + bias) or none.")] = "temperature",
+    data_format: Annotated[str, typer.Option("--format", help="auto, folder, medmnist, rsna, nih.")] = "auto",
+    images_dir: Annotated[Path | None, typer.Option("--images-dir")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="64 = what train uses.")] = 64,
+    device: Annotated[str, typer.Option(help="cpu, cuda (use the device the model was trained on to match train exactly).")] = "cpu",
+    bootstrap: Annotated[int, typer.Option(min=0, help="Bootstrap resamples for the 95% CIs.")] = 1000,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the new validation report as JSON on the last line.")] = False,
+    log_level: Annotated[str, typer.Option("--log-level")] = "WARNING",
+) -> None:
+    """Post-hoc calibration: fit the temperature on the validation split, re-pick the threshold, rewrite the manifest.
+
+    Same steps and result as the end of `train`: validation logits -> temperature (min NLL)
+    -> calibrated probabilities -> threshold by the manifest's threshold_policy -> report.
+    """
+    _configure_logging(log_level.upper())
+    from dicomnode.training.calibrate import calibrate_model
+
+    fmt = _data_format(data_format)
+    try:
+        result = calibrate_model(
+            model, data, fmt=fmt, images_dir=images_dir, method=method, n_boot=bootstrap,
+            batch_size=batch_size, device=device,
+        )
+    except DicomNodeError as exc:
+        _fail(str(exc))
+    before, after, report = result.before, result.after, result.report
+    cal = after.calibration
+    if cal is not None:
+        typer.echo(
+            f"calibration ({cal.method}): T {', '.join(f'{t:.4f}' for t in cal.temperatures)}; "
+            f"NLL {_pair(cal.nll_before, cal.nll_after)}; ECE {_pair(cal.ece_before, cal.ece_after)}; n {cal.n}"
+        )
+    typer.echo(
+        f"threshold ({after.threshold_policy}): {', '.join(f'{t:.4f}' for t in before.thresholds)} -> "
+        f"{', '.join(f'{t:.4f}' for t in after.thresholds)}"
+    )
+    typer.echo(_ci_line(report))
+    typer.echo(f"rewrote {result.folder / 'manifest.json'} and metrics.json (weights unchanged)")
+    if as_json:
+        typer.echo(json.dumps(_clean(report)))
+
+
+def site_threshold(
+    model: Annotated[str, typer.Option(help="Source model name or manifest file/folder (not modified).")],
+    data: Annotated[Path, typer.Option(help="The site's labelled images, any layout train reads.")],
+    out: Annotated[Path, typer.Option(help="New model folder (must not exist): copied weights + new manifest.")],
+    policy: Annotated[str, typer.Option(help="youden, sensitivity:0.95 or specificity:0.9 (on calibrated probabilities).")] = "youden",
+    data_format: Annotated[str, typer.Option("--format", help="auto, folder, medmnist, rsna, nih.")] = "auto",
+    images_dir: Annotated[Path | None, typer.Option("--images-dir")] = None,
+    site_name: Annotated[str | None, typer.Option("--site-name", help="Tag for the version suffix (default: the --out folder name).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda.")] = "cpu",
+    bootstrap: Annotated[int, typer.Option(min=0, help="Bootstrap resamples for the 95% CIs.")] = 1000,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the site figures as JSON on the last line.")] = False,
+    log_level: Annotated[str, typer.Option("--log-level")] = "WARNING",
+) -> None:
+    """Choose the threshold on a site's own labelled data and write a copy of the model that uses it.
+
+    Serve the copy with: dicomnode serve --model OUT (or OUT/manifest.json).
+    """
+    _configure_logging(log_level.upper())
+    from dicomnode.training.site import site_threshold as run_site_threshold
+
+    fmt = _data_format(data_format)
+    try:
+        result = run_site_threshold(
+            model, data, out, policy=policy, fmt=fmt, images_dir=images_dir, site_name=site_name,
+            n_boot=bootstrap, batch_size=batch_size, device=device,
+        )
+    except DicomNodeError as exc:
+        _fail(str(exc))
+    site = result.manifest.site_validation
+    n = site.n if site else 0
+    typer.echo(f"site data: n {n}, positive {site.n_positive if site else 0}, AUC {_with_ci(result.at_new.as_dict(), 'auc')}")
+    for label, report in (("source threshold", result.at_source), ("site threshold  ", result.at_new)):
+        values = report.as_dict()
+        typer.echo(
+            f"{label} {report.threshold:.4f}: sensitivity {_with_ci(values, 'sensitivity')}, "
+            f"specificity {_with_ci(values, 'specificity')}, accuracy {_with_ci(values, 'accuracy')}"
+        )
+    typer.echo(f"95% CIs: {result.at_new.ci_method}")
+    typer.echo(f"wrote {result.folder} (version {result.manifest.version}); serve it with --model {result.folder}")
+    if as_json:
+        typer.echo(
+            json.dumps(_clean({"at_new_threshold": result.at_new.as_dict(), "at_source_threshold": result.at_source.as_dict()}))
+        )
+
+
+def _data_format(value: str) -> DataFormat:
+    from dicomnode.training.datasets import DataFormat
+
+    try:
+        return DataFormat(value)
+    except ValueError as exc:
+        raise typer.BadParameter(f"unknown format {value!r}", param_hint="--format") from exc
+
+
+def _pair(before: tuple[float, ...], after: tuple[float, ...]) -> str:
+    return ", ".join(f"{b:.4f} -> {a:.4f}" for b, a in zip(before, after))
+
+
+def _with_ci(values: dict[str, Any], key: str) -> str:
+    value, low, high = values.get(key), values.get(f"{key}_ci_low"), values.get(f"{key}_ci_high")
+    if not isinstance(value, float) or not math.isfinite(value):
+        return "-"
+    if isinstance(low, float) and isinstance(high, float) and math.isfinite(low) and math.isfinite(high):
+        return f"{value:.4f} ({low:.4f}-{high:.4f})"
+    return f"{value:.4f}"
+
+
+def _ci_line(report: dict[str, Any]) -> str:
+    parts = [f"{key} {_with_ci(report, key)}" for key in ("auc", "accuracy", "sensitivity", "specificity") if key in report]
+    return "validation: " + ", ".join(parts) + (f"; 95% CIs: {report['ci_method']}" if report.get("ci_method") else "")
+
+
+def _clean(value: Any) -> Any:
+    from dicomnode.training.calibrate import jsonable
+
+    return jsonable(value)
 
 
 @models_app.command("list")
@@ -244,6 +380,8 @@ def _standalone() -> typer.Typer:
     standalone.command("train")(train)
     standalone.command("evaluate")(evaluate)
     standalone.command("pretrain")(pretrain)
+    standalone.command("calibrate")(calibrate)
+    standalone.command("site-threshold")(site_threshold)
     standalone.add_typer(models_app, name="models")
     return standalone
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from dicomnode.domain import ModelIdentity
 from dicomnode.errors import ModelError
+from dicomnode.inference.calibration import Calibration
 
 MANIFEST_FILENAME = "manifest.json"
 
@@ -67,11 +68,44 @@ class IntendedPopulation(BaseModel):
     view_positions: tuple[str, ...] = ()
 
 
+class SiteValidation(BaseModel):
+    """A site's own labelled check of a model, made by ``dicomnode site-threshold``.
+
+    Attributes:
+        data: description of the site data (path, layout, counts).
+        policy: the threshold policy applied on the site data, e.g. ``youden``.
+        n: images used.
+        n_positive: images with the (first) label positive.
+        n_groups: patients (cluster-bootstrap units), 0 when the data carries no patient key.
+        ci_method: how the 95 % intervals were made (patient or image bootstrap, resamples).
+        source_version: version of the model the thresholds were re-picked for.
+        source_thresholds: the thresholds before (the shipped ones).
+        at_new_threshold: AUC, accuracy, sensitivity, specificity (with ``_ci_low``/``_ci_high``)
+            and confusion counts at the new thresholds.
+        at_source_threshold: the same figures at the source thresholds.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    data: str
+    policy: str
+    n: int = Field(ge=0)
+    n_positive: int = Field(ge=0)
+    n_groups: int = Field(default=0, ge=0)
+    ci_method: str = ""
+    source_version: str = ""
+    source_thresholds: tuple[float, ...] = ()
+    at_new_threshold: dict[str, float] = Field(default_factory=dict)
+    at_source_threshold: dict[str, float] = Field(default_factory=dict)
+
+
 class ModelManifest(BaseModel):
     """Description of one trained model (``models/<name>/manifest.json``).
 
     The model outputs one logit per label; probabilities are the sigmoid of the
-    logits for binary (one label) and multi-label heads alike.
+    logits for binary (one label) and multi-label heads alike, after the optional
+    ``calibration`` (:func:`dicomnode.inference.calibration.calibrated_probabilities`).
+    Thresholds apply to those (calibrated) probabilities.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
@@ -98,6 +132,12 @@ class ModelManifest(BaseModel):
     recipe: str = ""
     description: str = ""
     intended_population: IntendedPopulation = Field(default_factory=IntendedPopulation)
+    calibration: Calibration | None = Field(
+        default=None, description="temperature/Platt scaling of the logits; None = plain sigmoid"
+    )
+    site_validation: SiteValidation | None = Field(
+        default=None, description="set by site-threshold: the site's figures at the new and old thresholds"
+    )
 
     @field_validator("thresholds")
     @classmethod
@@ -112,6 +152,8 @@ class ModelManifest(BaseModel):
             raise ValueError("one threshold per label is required")
         if self.task == "binary" and len(self.labels) != 1:
             raise ValueError("a binary model has exactly one label (the positive finding)")
+        if self.calibration is not None and len(self.calibration.temperatures) != len(self.labels):
+            raise ValueError("calibration needs one temperature per label")
         return self
 
     def identity(self) -> ModelIdentity:

@@ -2,7 +2,7 @@
 
 The runner takes batches that :mod:`dicomnode.inference.preprocess` already made:
 ``(N, C, S, S)`` float32, normalised. Probabilities are the sigmoid of one logit per
-label (a binary model has one label). The model is inference-only: its parameters
+label (a binary model has one label), after the manifest's calibration when it has one. The model is inference-only: its parameters
 never require gradients, and Grad-CAM back-propagates only through the layers after
 its target layer (see :mod:`dicomnode.explain.gradcam`).
 
@@ -24,6 +24,7 @@ from torch import nn
 from dicomnode.domain import GateVerdict, ModelIdentity, Prediction
 from dicomnode.errors import ConfigError, DicomNodeError, InferenceError, ModelError
 from dicomnode.explain.gradcam import CamTarget, Chooser, explain_batch, find_cam_target
+from dicomnode.inference.calibration import calibrated_probabilities
 from dicomnode.inference.manifest import LoadedManifest, ModelManifest
 
 if TYPE_CHECKING:
@@ -308,7 +309,10 @@ class ModelRunner:
             logits = logits[:, None]
         if tuple(logits.shape) != (n, k):
             raise InferenceError(f"model output shape {tuple(logits.shape)} is not ({n}, {k})")
-        probs = torch.sigmoid(logits.detach().float()).cpu().numpy()
+        # calibrated exactly as training and evaluation do (manifest.calibration; None = sigmoid)
+        probs = calibrated_probabilities(
+            logits.detach().float().cpu().numpy(), self.manifest.calibration
+        )
         if not np.isfinite(probs).all():
             raise InferenceError(f"model {self.manifest.name!r} produced non-finite outputs")
         labels = self.manifest.labels

@@ -1,7 +1,9 @@
 """Evaluate one or more registered models on a labelled dataset.
 
-Each model is applied with its own manifest preprocessing and decision threshold;
-the report holds AUC (bootstrap 95% CI), accuracy, sensitivity, specificity,
+Each model is applied with its own manifest preprocessing, calibration and decision
+threshold (the probabilities are the ones the node would report); the report holds AUC,
+accuracy, sensitivity and specificity with bootstrap 95% CIs (patients resampled when the
+data carries a patient key),
 precision, F1, the confusion counts and ECE (binary heads), or per-finding AUCs
 (multi-label heads). With ``out`` set, ROC and PR curves of all models share one
 plot, and each model gets a confusion matrix and a reliability diagram.
@@ -63,8 +65,12 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def _align(data: LabeledImages, labels: tuple[str, ...], model_name: str) -> np.ndarray:
-    """Column indices of ``data`` for each model label."""
+def align_labels(data: LabeledImages, labels: tuple[str, ...], model_name: str) -> np.ndarray:
+    """Column indices of ``data`` for each model label.
+
+    Raises:
+        DataError: a model label is not among the data's labels.
+    """
     if len(labels) == 1 and len(data.labels) == 1:
         if labels[0] != data.labels[0]:
             logger.warning(
@@ -110,7 +116,9 @@ def evaluate_models(
         out: folder for ``report.json``, predictions and plots (None: nothing written).
         batch_size: inference batch size.
         device: torch device.
-        n_boot: bootstrap resamples for the AUC CI.
+        n_boot: bootstrap resamples for the 95 % CIs of AUC, accuracy, sensitivity and
+            specificity (patients are resampled when the data carries a patient key; the
+            bootstrap seed is ``seed``, as in training).
         progress: show a progress bar on stderr.
 
     Returns:
@@ -141,11 +149,12 @@ def evaluate_models(
         name = manifest.name if manifest.name not in names_seen else f"{manifest.name}@{item.folder}"
         names_seen.add(name)
         model = load_model(item, device)
-        columns = _align(data, manifest.labels, name)
+        columns = align_labels(data, manifest.labels, name)
         probs, _ = predict_probs(
             model,
             data,
             manifest.preprocessing,
+            calibration=manifest.calibration,
             batch_size=batch_size,
             device=device,
             channels_last=is_cnn(manifest.architecture),
@@ -155,7 +164,7 @@ def evaluate_models(
         report: dict[str, Any] = {"model": name, "architecture": manifest.architecture}
         if len(manifest.labels) == 1:
             binary = metrics.binary_report(
-                targets[:, 0], probs[:, 0], manifest.thresholds[0], n_boot=n_boot, seed=0
+                targets[:, 0], probs[:, 0], manifest.thresholds[0], n_boot=n_boot, seed=seed, groups=data.groups
             )
             report.update(binary.as_dict())
         else:
@@ -166,6 +175,7 @@ def evaluate_models(
             accuracy = float(np.mean((probs >= np.asarray(manifest.thresholds)) == (targets == 1)))
             report["accuracy"] = accuracy
             report["threshold"] = list(manifest.thresholds)
+        report["calibrated"] = manifest.calibration is not None
         report["split"] = split.value
         if split in (Split.TRAIN, Split.VAL):
             report["val_fraction"] = val_fraction
@@ -201,20 +211,29 @@ def write_outputs(result: EvaluationResult, out: Path) -> None:
 
 def format_table(result: EvaluationResult) -> str:
     """A plain-text side-by-side table of the main figures."""
-    columns = ("auc", "auc_ci_low", "auc_ci_high", "accuracy", "sensitivity", "specificity", "precision", "f1", "ece", "threshold", "n")
+    with_ci = ("auc", "accuracy", "sensitivity", "specificity")
+    columns = (*with_ci, "precision", "f1", "ece", "threshold", "n")
+    cell = 22
     width = max(12, *(len(e.name) + 2 for e in result.evaluations))
-    lines = ["model".ljust(width) + "".join(c[:11].rjust(12) for c in columns)]
+    lines = ["model".ljust(width) + "".join(c[:cell - 1].rjust(cell if c in with_ci else 11) for c in columns)]
     for e in result.evaluations:
         cells = []
         for c in columns:
             v = e.report.get(c)
+            w = cell if c in with_ci else 11
             if isinstance(v, bool) or v is None:
-                cells.append("-".rjust(12))
+                text = "-"
             elif isinstance(v, int):
-                cells.append(str(v).rjust(12))
+                text = str(v)
             elif isinstance(v, float):
-                cells.append(f"{v:.4f}".rjust(12))
+                text = f"{v:.4f}"
+                low, high = e.report.get(f"{c}_ci_low"), e.report.get(f"{c}_ci_high")
+                if c in with_ci and isinstance(low, float) and isinstance(high, float) and math.isfinite(low):
+                    text += f" ({low:.3f}-{high:.3f})"
             else:
-                cells.append("-".rjust(12))
+                text = "-"
+            cells.append(text.rjust(w))
         lines.append(e.name.ljust(width) + "".join(cells))
+    methods = {str(e.report.get("ci_method")) for e in result.evaluations if e.report.get("ci_method")}
+    lines.extend(f"95 % CIs: {m}" for m in sorted(methods))
     return "\n".join(lines)

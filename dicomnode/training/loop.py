@@ -30,9 +30,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dicomnode.errors import DataError, ModelError
-from dicomnode.inference.manifest import ModelManifest, Preprocessing, sha256_file, write_manifest
+from dicomnode.inference.calibration import Calibration, calibrated_probabilities
+from dicomnode.inference.manifest import ModelManifest, Preprocessing, sha256_file
 from dicomnode.training import metrics
 from dicomnode.training.augment import AugmentConfig, augment_gray
+from dicomnode.training.calibrate import (
+    choose_on_validation,
+    fitted_on_text,
+    validation_metrics,
+    write_validation,
+)
 from dicomnode.training.datasets import (
     DataFormat,
     LabeledImages,
@@ -71,7 +78,10 @@ class TrainConfig:
         val_fraction: validation fraction carved from train when the data has no split.
         seed: seed of the split, initialisation, batch order and augmentation.
         init: ``random``, ``imagenet``, ``effnet-lite0-package`` or a weights file.
-        threshold_policy: ``youden``, ``sensitivity:0.95`` or ``fixed:0.5``.
+        threshold_policy: ``youden``, ``sensitivity:0.95``, ``specificity:0.9`` or ``fixed:0.5``,
+            applied to the calibrated validation probabilities.
+        calibration: ``temperature`` (default), ``platt`` or ``none``: post-hoc calibration
+            fitted on the validation logits before the threshold is chosen.
         augment: apply training augmentations.
         resume: continue from ``out/last.pt``.
         lr: peak learning rate.
@@ -85,7 +95,8 @@ class TrainConfig:
         max_minutes: stop after the epoch that would overrun this wall-clock budget.
         device: ``auto``, ``cpu`` or ``cuda``.
         threads: torch intra-op threads (0 = torch default).
-        bootstrap: bootstrap resamples for the AUC confidence interval.
+        bootstrap: bootstrap resamples for the 95 % intervals (patients resampled when the
+            data has a patient key).
         description: free text for the manifest.
         recipe: the command/recipe that reproduces the run (for the manifest).
         teacher: a trained model (name under ``models/`` or manifest path) whose
@@ -112,6 +123,7 @@ class TrainConfig:
     seed: int = 0
     init: str = "random"
     threshold_policy: str = "youden"
+    calibration: str = "temperature"
     augment: bool = True
     resume: bool = False
     lr: float = 1e-3
@@ -242,8 +254,14 @@ def predict_probs(
     device: torch.device | str = "cpu",
     channels_last: bool = False,
     progress: bool = False,
+    calibration: Calibration | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Sigmoid probabilities and logits of a model over a dataset (no augmentation).
+    """Probabilities and raw logits of a model over a dataset (no augmentation).
+
+    Args:
+        calibration: the manifest's calibration; the probabilities are then the calibrated
+            ones, as :class:`~dicomnode.inference.runner.ModelRunner` reports them
+            (None: plain sigmoid). The logits are always raw.
 
     Returns:
         (probs, logits), both (N, L) float32.
@@ -268,8 +286,7 @@ def predict_probs(
     if bar is not None:
         bar.close()
     z = np.concatenate(logits) if logits else np.empty((0, len(data.labels)), dtype=np.float32)
-    probs = 1.0 / (1.0 + np.exp(-z.astype(np.float64)))
-    return probs.astype(np.float32), z.astype(np.float32)
+    return calibrated_probabilities(z, calibration), z.astype(np.float32)
 
 
 def _autocast(device: torch.device) -> Any:
@@ -601,7 +618,11 @@ def finalize(
     device: torch.device | str = "cpu",
     split: dict[str, object] | None = None,
 ) -> TrainResult:
-    """Reload the best weights, choose thresholds on validation, write manifest, metrics and plots."""
+    """Reload the best weights; on validation: calibrate, choose thresholds, report; write the model.
+
+    The validation steps are :func:`dicomnode.training.calibrate.choose_on_validation`
+    (the same function ``dicomnode calibrate`` runs on an existing model folder).
+    """
     import torch
     from safetensors.torch import load_file
 
@@ -619,70 +640,38 @@ def finalize(
     if cnn:
         model.to(memory_format=torch.channels_last)
     pre = draft.preprocessing
-    probs, _ = predict_probs(model, val_data, pre, batch_size=config.eval_batch_size, device=device, channels_last=cnn)
+    _, logits = predict_probs(model, val_data, pre, batch_size=config.eval_batch_size, device=device, channels_last=cnn)
     targets = val_data.targets
-    thresholds = tuple(
-        metrics.choose_threshold(targets[:, i], probs[:, i], config.threshold_policy)
-        if 0 < targets[:, i].sum() < len(targets)
-        else 0.5
-        for i in range(len(draft.labels))
+    split = split or {}
+    outcome = choose_on_validation(
+        targets, logits, draft.labels, config.threshold_policy, method=config.calibration,
+        groups=val_data.groups, n_boot=config.bootstrap, seed=config.seed,
+        fitted_on=fitted_on_text(split, len(val_data)),
     )
     report: dict[str, Any] = {"n": len(val_data), "best_epoch": best_epoch}
-    if len(draft.labels) == 1:
-        binary = metrics.binary_report(targets[:, 0], probs[:, 0], thresholds[0], n_boot=config.bootstrap, seed=config.seed)
-        report.update(binary.as_dict())
-    else:
-        report["auc"] = metrics.mean_auc(targets, probs)
-        report["per_label_auc"] = metrics.per_label_auc(targets, probs, draft.labels)
-    validation_metrics = {
-        k: float(v) for k, v in report.items() if isinstance(v, (int, float)) and math.isfinite(float(v))
-    }
-    validation_metrics["val_fraction"] = config.val_fraction
-    validation_metrics["split_seed"] = float(config.seed)
+    report.update(outcome.report)
+    extra = {"val_fraction": config.val_fraction, "split_seed": float(config.seed)}
     manifest = draft.model_copy(
         update={
-            "thresholds": thresholds,
+            "thresholds": outcome.thresholds,
+            "calibration": outcome.calibration,
             "weights_sha256": sha256_file(weights),
             "training_data": (
-                f"{val_data.description}; validation = {(split or {}).get('method', 'stratified')} "
+                f"{val_data.description}; validation = {split.get('method', 'stratified')} "
                 f"{config.val_fraction:.0%} of train, seed {config.seed} (numpy default_rng), "
                 f"best epoch {best_epoch}; init: {init_note}"
             ),
-            "validation_split": split or {},
-            "validation_metrics": validation_metrics,
+            "validation_split": {**split, "ci_method": str(report.get("ci_method", ""))} if split else {},
+            "validation_metrics": validation_metrics(report, extra),
             "recipe": config.recipe,
             "description": config.description,
         }
     )
     ModelManifest.model_validate(manifest.model_dump())
-    write_manifest(manifest, out)
-    (out / "metrics.json").write_text(json.dumps(_jsonable(report), indent=2) + "\n", encoding="utf-8")
-    (out / "val_predictions.csv").write_text(
-        "target,probability\n" + "".join(f"{t:.0f},{p:.6f}\n" for t, p in zip(targets[:, 0], probs[:, 0])),
-        encoding="utf-8",
-    )
+    write_validation(out, manifest, outcome, targets, report)
     try:
         if history:
             plots.plot_curves(history, out / "curves.png")
-        if len(draft.labels) == 1:
-            curves = {draft.name: (targets[:, 0], probs[:, 0])}
-            plots.plot_roc(curves, out / "roc.png")
-            plots.plot_pr(curves, out / "pr.png")
-            matrix = metrics.confusion(targets[:, 0], probs[:, 0], thresholds[0]).matrix()
-            plots.plot_confusion(matrix, ("normal", draft.labels[0]), out / "confusion.png")
-            plots.plot_reliability(targets[:, 0], probs[:, 0], out / "reliability.png")
     except Exception:  # plots are a convenience; never lose a trained model over them
-        logger.exception("could not draw the plots")
+        logger.exception("could not draw the training curves")
     return TrainResult(out=out, manifest=manifest, report=report, history=history, best_epoch=best_epoch)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, (np.floating, np.integer)):
-        return _jsonable(value.item())
-    return value

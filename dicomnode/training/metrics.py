@@ -7,6 +7,7 @@ probabilities (or any monotone score); a sample is called positive when
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -148,6 +149,90 @@ def expected_calibration_error(
     return ece, conf_mean, acc_mean, counts
 
 
+def _resample_indices(
+    n: int, groups: Sequence[str] | None, n_boot: int, seed: int
+) -> Iterator[np.ndarray]:
+    """``n_boot`` bootstrap index arrays: images with replacement, or whole patients.
+
+    Without groups this draws exactly what :func:`bootstrap_auc_ci` always drew
+    (``rng.integers(0, n, n)`` per resample). With groups it draws as many patients as
+    there are, with replacement, and takes all images of each (a cluster bootstrap).
+    """
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        for _ in range(n_boot):
+            yield rng.integers(0, n, n)
+        return
+    if len(groups) != n:
+        raise DataError(f"{len(groups)} group keys for {n} samples")
+    _, unit_of = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)
+    order = np.argsort(unit_of, kind="stable")
+    counts = np.bincount(unit_of)
+    starts = np.r_[0, np.cumsum(counts)[:-1]]
+    members = [order[a : a + c] for a, c in zip(starts, counts)]
+    for _ in range(n_boot):
+        chosen = rng.integers(0, counts.size, counts.size)
+        yield np.concatenate([members[g] for g in chosen])
+
+
+def bootstrap_cis(
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    threshold: float,
+    *,
+    groups: Sequence[str] | None = None,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap intervals of AUC, accuracy, sensitivity and specificity.
+
+    One set of resamples serves all four figures (accuracy, sensitivity and specificity
+    at ``threshold``). Resamples with one class only are skipped (AUC, sensitivity and
+    specificity are undefined there). With ``groups`` (one patient key per image) whole
+    patients are resampled, so images of one patient stay together (cluster bootstrap);
+    without, images are resampled and the AUC interval equals :func:`bootstrap_auc_ci`.
+
+    Args:
+        y_true: (N,) 0/1 labels.
+        y_score: (N,) probabilities.
+        threshold: decision threshold (``score >= threshold`` is positive).
+        groups: N patient keys, or None for a per-image bootstrap.
+        n_boot: number of resamples.
+        alpha: 0.05 gives 95 % intervals.
+        seed: ``numpy.random.default_rng`` seed.
+
+    Returns:
+        ``{"auc": (low, high), "accuracy": ..., "sensitivity": ..., "specificity": ...}``;
+        NaN bounds when no resample had both classes.
+
+    Raises:
+        DataError: lengths differ.
+    """
+    t, s = _as_binary(y_true, y_score)
+    pred = s >= threshold
+    values: dict[str, list[float]] = {"auc": [], "accuracy": [], "sensitivity": [], "specificity": []}
+    for idx in _resample_indices(t.size, groups, n_boot, seed):
+        tb = t[idx]
+        n_pos = float(tb.sum())
+        if not 0 < n_pos < tb.size:
+            continue
+        pb = pred[idx]
+        pos = tb == 1
+        values["auc"].append(roc_auc(tb, s[idx]))
+        values["accuracy"].append(float(np.mean(pb == pos)))
+        values["sensitivity"].append(float(np.sum(pb & pos)) / n_pos)
+        values["specificity"].append(float(np.sum(~pb & ~pos)) / (tb.size - n_pos))
+    out: dict[str, tuple[float, float]] = {}
+    for key, samples in values.items():
+        if samples:
+            low, high = np.percentile(samples, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+            out[key] = (float(low), float(high))
+        else:
+            out[key] = (float("nan"), float("nan"))
+    return out
+
+
 def bootstrap_auc_ci(
     y_true: np.ndarray,
     y_score: np.ndarray,
@@ -201,6 +286,22 @@ def sensitivity_threshold(y_true: np.ndarray, y_score: np.ndarray, target: float
     return _between(thresholds, max(best, 1))
 
 
+def specificity_threshold(y_true: np.ndarray, y_score: np.ndarray, target: float) -> float:
+    """Lowest threshold whose specificity is at least ``target`` (specificity-first use)."""
+    if not 0.0 < target <= 1.0:
+        raise DataError(f"target specificity must lie in (0, 1], got {target}")
+    fpr, _, thresholds = roc_curve(y_true, y_score)
+    ok = np.flatnonzero(1.0 - fpr >= target - 1e-12)
+    best = int(ok[-1]) if ok.size else 0
+    return _between(thresholds, max(best, 1)) if best > 0 else _above(thresholds)
+
+
+def _above(thresholds: np.ndarray) -> float:
+    """A threshold just above the highest score (nothing called positive), clipped to [0, 1]."""
+    top = float(thresholds[1]) if thresholds.size > 1 else 1.0
+    return float(min(np.nextafter(top, np.inf), 1.0))
+
+
 def _between(thresholds: np.ndarray, index: int) -> float:
     value = float(thresholds[index])
     if index + 1 < thresholds.size:
@@ -209,7 +310,7 @@ def _between(thresholds: np.ndarray, index: int) -> float:
 
 
 def choose_threshold(y_true: np.ndarray, y_score: np.ndarray, policy: str) -> float:
-    """Apply a threshold policy: ``youden``, ``sensitivity:0.95`` or ``fixed:0.5``.
+    """Apply a threshold policy: ``youden``, ``sensitivity:0.95``, ``specificity:0.9`` or ``fixed:0.5``.
 
     Raises:
         DataError: unknown policy, or a single-class validation set.
@@ -227,7 +328,15 @@ def choose_threshold(y_true: np.ndarray, y_score: np.ndarray, policy: str) -> fl
         except ValueError as exc:
             raise DataError(f"bad threshold policy {policy!r}") from exc
         return sensitivity_threshold(y_true, y_score, target)
-    raise DataError(f"unknown threshold policy {policy!r} (youden, sensitivity:0.95, fixed:0.5)")
+    if policy.startswith("specificity:"):
+        try:
+            target = float(policy.split(":", 1)[1])
+        except ValueError as exc:
+            raise DataError(f"bad threshold policy {policy!r}") from exc
+        return specificity_threshold(y_true, y_score, target)
+    raise DataError(
+        f"unknown threshold policy {policy!r} (youden, sensitivity:0.95, specificity:0.9, fixed:0.5)"
+    )
 
 
 @dataclass(frozen=True)
@@ -251,6 +360,14 @@ class BinaryReport:
     fp: int
     tn: int
     fn: int
+    accuracy_ci_low: float = float("nan")
+    accuracy_ci_high: float = float("nan")
+    sensitivity_ci_low: float = float("nan")
+    sensitivity_ci_high: float = float("nan")
+    specificity_ci_low: float = float("nan")
+    specificity_ci_high: float = float("nan")
+    n_groups: int = 0
+    ci_method: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict (JSON-ready; NaN stays float NaN)."""
@@ -264,19 +381,38 @@ def binary_report(
     *,
     n_boot: int = 1000,
     seed: int = 0,
+    groups: Sequence[str] | None = None,
 ) -> BinaryReport:
-    """All binary metrics at ``threshold`` (probabilities in [0, 1])."""
+    """All binary metrics at ``threshold`` (probabilities in [0, 1]) with bootstrap 95 % CIs.
+
+    Args:
+        y_true: (N,) 0/1 labels.
+        y_prob: (N,) probabilities.
+        threshold: decision threshold.
+        n_boot: bootstrap resamples (0: no intervals).
+        seed: bootstrap seed.
+        groups: N patient keys: the intervals resample patients (cluster bootstrap);
+            None: they resample images.
+    """
     t, p = _as_binary(y_true, y_prob)
     c = confusion(t, p, threshold)
     sens = _ratio(c.tp, c.tp + c.fn)
     spec = _ratio(c.tn, c.tn + c.fp)
     prec = _ratio(c.tp, c.tp + c.fp)
     f1 = _ratio(2 * c.tp, 2 * c.tp + c.fp + c.fn)
-    low, high = bootstrap_auc_ci(t, p, n_boot=n_boot, seed=seed) if n_boot > 0 else (float("nan"),) * 2
+    nan = (float("nan"), float("nan"))
+    cis = bootstrap_cis(t, p, threshold, groups=groups, n_boot=n_boot, seed=seed) if n_boot > 0 else {}
+    n_groups = len(set(groups)) if groups is not None else 0
+    if n_boot <= 0:
+        ci_method = "none"
+    elif groups is not None:
+        ci_method = f"percentile bootstrap over {n_groups} patients (cluster), {n_boot} resamples, seed {seed}"
+    else:
+        ci_method = f"percentile bootstrap over images (no patient key), {n_boot} resamples, seed {seed}"
     return BinaryReport(
         auc=roc_auc(t, p),
-        auc_ci_low=low,
-        auc_ci_high=high,
+        auc_ci_low=cis.get("auc", nan)[0],
+        auc_ci_high=cis.get("auc", nan)[1],
         average_precision=average_precision(t, p),
         accuracy=_ratio(c.tp + c.tn, c.n),
         sensitivity=sens,
@@ -291,6 +427,14 @@ def binary_report(
         fp=c.fp,
         tn=c.tn,
         fn=c.fn,
+        accuracy_ci_low=cis.get("accuracy", nan)[0],
+        accuracy_ci_high=cis.get("accuracy", nan)[1],
+        sensitivity_ci_low=cis.get("sensitivity", nan)[0],
+        sensitivity_ci_high=cis.get("sensitivity", nan)[1],
+        specificity_ci_low=cis.get("specificity", nan)[0],
+        specificity_ci_high=cis.get("specificity", nan)[1],
+        n_groups=n_groups,
+        ci_method=ci_method,
     )
 
 

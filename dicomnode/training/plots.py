@@ -73,15 +73,39 @@ def plot_confusion(matrix: np.ndarray, labels: Sequence[str], path: Path, title:
     return _save(fig, path)
 
 
-def plot_reliability(y_true: np.ndarray, y_prob: np.ndarray, path: Path, n_bins: int = 10) -> Path:
-    """Reliability diagram (observed positive rate per probability bin) with the ECE."""
+def plot_reliability(
+    y_true: np.ndarray,
+    y_prob: np.ndarray,
+    path: Path,
+    n_bins: int = 10,
+    *,
+    y_prob_before: np.ndarray | None = None,
+) -> Path:
+    """Reliability diagram (observed positive rate per probability bin) with the ECE.
+
+    Args:
+        y_true: (N,) 0/1 labels.
+        y_prob: (N,) probabilities as reported (after calibration when there is one): bars.
+        path: output PNG.
+        n_bins: equal-width bins.
+        y_prob_before: (N,) uncalibrated probabilities, drawn as a second curve, or None.
+    """
     plt = _pyplot()
-    ece, _conf, acc, _counts = metrics.expected_calibration_error(y_true, y_prob, n_bins)
+    ece, conf, acc, _counts = metrics.expected_calibration_error(y_true, y_prob, n_bins)
     fig, ax = plt.subplots(figsize=(5, 5))
     centres = (np.arange(n_bins) + 0.5) / n_bins
-    ax.bar(centres, np.nan_to_num(acc), width=1.0 / n_bins, edgecolor="black", alpha=0.7, label="observed")
+    after = "after calibration" if y_prob_before is not None else "observed"
+    ax.bar(centres, np.nan_to_num(acc), width=1.0 / n_bins, edgecolor="black", alpha=0.5, label=f"{after} (ECE {ece:.3f})")
+    shown = np.isfinite(conf)
+    ax.plot(conf[shown], acc[shown], marker="o", color="C0", lw=1)
+    title = f"Reliability (ECE {ece:.3f})"
+    if y_prob_before is not None:
+        ece_b, conf_b, acc_b, _ = metrics.expected_calibration_error(y_true, y_prob_before, n_bins)
+        shown_b = np.isfinite(conf_b)
+        ax.plot(conf_b[shown_b], acc_b[shown_b], marker="s", color="C3", lw=1, label=f"before calibration (ECE {ece_b:.3f})")
+        title = f"Reliability (ECE {ece_b:.3f} -> {ece:.3f})"
     ax.plot([0, 1], [0, 1], ls="--", color="grey", label="perfect calibration")
-    ax.set(xlabel="predicted probability", ylabel="observed positive rate", title=f"Reliability (ECE {ece:.3f})")
+    ax.set(xlabel="predicted probability", ylabel="observed positive rate", title=title)
     ax.set(xlim=(0, 1), ylim=(0, 1))
     ax.legend(loc="upper left", fontsize=8)
     return _save(fig, path)
