@@ -140,7 +140,9 @@ def render_overlay(
     )
 
 
-def smooth_heat(heatmap: np.ndarray, out_w: int, out_h: int, smooth: float = DEFAULT_SMOOTH) -> np.ndarray:
+def smooth_heat(
+    heatmap: np.ndarray, out_w: int, out_h: int, smooth: float = DEFAULT_SMOOTH
+) -> np.ndarray:
     """Blur a coarse (or coarsely upsampled) CAM and resize it smoothly to the picture.
 
     Args:
