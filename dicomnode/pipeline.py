@@ -165,16 +165,29 @@ def unpad_heatmap(heatmap: np.ndarray, image_shape: tuple[int, ...], resize: str
 
 
 def legend_lines(prediction: Prediction, runner: ModelRunner) -> list[str]:
-    """Text burned into the heatmap: the reported finding, its call, the model, the disclaimer."""
+    """Text burned into the heatmap SC: the finding, its probability and decision, what the
+    colour means (or that none is shown), the model, the disclaimer.
+
+    A positive decision gets the Grad-CAM overlay, a negative one none (see
+    :func:`build_study_outputs`); the second line says which.
+    """
     i = prediction.top_index
-    call = "POSITIVE" if prediction.is_positive(i) else "negative"
+    finding = prediction.labels[i].upper()
+    positive = prediction.is_positive(i)
     identity = runner.identity
     return [
+        # no-break spaces keep each number with its name when the renderer wraps the line
         (
-            f"{prediction.labels[i].upper()} p={prediction.probabilities[i]:.2f} "
-            f"(threshold {prediction.thresholds[i]:.2f}): {call}"
+            f"{finding}: {'POSITIVE' if positive else 'negative'}, "
+            f"probability\u00a0{prediction.probabilities[i]:.2f} {'>=' if positive else '<'} "
+            f"threshold\u00a0{prediction.thresholds[i]:.2f}"
         ),
-        f"{identity.name} v{identity.version} ({identity.architecture})",
+        (
+            f"Colour = regions driving the {finding} score (Grad-CAM), not a lesion outline"
+            if positive
+            else "Below threshold: no heat shown"
+        ),
+        f"Model {identity.name} v{identity.version} ({identity.architecture})",
         "AI RESEARCH OUTPUT - NOT FOR DIAGNOSTIC USE",
     ]
 
@@ -209,9 +222,14 @@ def build_study_outputs(
             if analysis.heatmap is None:
                 heatmap_datasets.append(None)
                 continue
+            # A negative decision gets no colour: a per-image normalised Grad-CAM always has a
+            # full-range map, which would read as "the finding is here".
+            prediction = analysis.prediction
             overlay = render_overlay(
                 analysis.image.display,
-                unpad_heatmap(analysis.heatmap, analysis.image.display.shape, runner.manifest.preprocessing.resize),
+                unpad_heatmap(analysis.heatmap, analysis.image.display.shape, runner.manifest.preprocessing.resize)
+                if prediction.is_positive(prediction.top_index)
+                else None,
                 max_side=outputs.max_heatmap_side,
                 legend=legend_lines(analysis.prediction, runner),
             )

@@ -2,10 +2,32 @@
 
 The output is the RGB pixel array of the heatmap Secondary Capture: the display
 image downscaled so that the whole picture, legend band included, has its long
-side at most ``max_side`` pixels (never upscaled), the heatmap colour-mapped with a
-jet palette and blended with a weight that grows with the heat (cold areas leave
-the radiograph untouched), then a dark band below the image with white text
-lines and a small colour bar.
+side at most ``max_side`` pixels (never upscaled), then a dark band below the
+image with white text lines.
+
+What the colours mean, and what they must not suggest:
+
+* **No heatmap, no colour.** ``heatmap=None`` (the pipeline passes None for a
+  negative decision) renders the grayscale radiograph and the legend only. A
+  Grad-CAM map is min-max normalised per image, so even a p = 0.00 image has a
+  full-range map; painting it would read as "the disease is here".
+* **Only the hot part is painted, and it fades in.** Heat below
+  :data:`HEAT_FLOOR` leaves the radiograph untouched (no blue/lavender wash over
+  cold areas). Above it the colour weight rises as a smoothstep (zero value and zero
+  slope at the floor) to ``alpha`` at heat 1, so the coloured region has no edge.
+* **Hot palette.** Colours run yellow -> orange -> red (the hot quarter of jet,
+  0.625-0.875): red = the strongest attention, as in the usual CAM figures. The
+  colour bar in the legend shows exactly this blend over mid-gray, labelled
+  "low" / "high attention".
+* **Smooth, no cells.** The CAM is computed on a coarse grid (7x7 for the shipped
+  models) and arrives bilinearly upsampled, whose kinks and ReLU zero-cells show as
+  rectangles. The map is Gaussian-blurred with sigma = ``smooth`` x its long side
+  (default 1/14 = half a cell of a 7x7 grid), rescaled so its peak is unchanged,
+  then resized to the picture with bicubic interpolation and clipped to [0, 1].
+* **Heat values are used as given** (not renormalised): a caller that wants a weaker
+  display, e.g. in proportion to the decision margin, can scale the map down and the
+  coloured region shrinks. The shipped pipeline does not (the probability is in the
+  legend; the map's reach does not encode it).
 """
 
 from __future__ import annotations
@@ -19,75 +41,161 @@ from PIL import Image, ImageDraw, ImageFont
 
 logger = logging.getLogger(__name__)
 
+HEAT_FLOOR = 0.4
+"""Heat (in [0, 1]) below which the radiograph is left uncoloured."""
+
+DEFAULT_SMOOTH = 1.0 / 14.0
+"""Gaussian sigma as a fraction of the heatmap's long side: half a cell of a 7x7 CAM."""
+
 _BAND_RGB = (16, 16, 16)
 _TEXT_RGB = (255, 255, 255)
-_MIN_FONT_PX = 11
+_BAR_GRAY = 128.0  # the colour bar shows the blend over this gray level
+_HOT_JET_RANGE = (0.625, 0.875)  # yellow -> orange -> red
+_NBSP = "\u00a0"  # drawn as a plain space (the default font has no glyph for it)
+_BAR_LOW, _BAR_HIGH = "low", "high attention"
+_MIN_FONT_PX = 12
 _MIN_TEXT_EM = 26  # a narrow image is padded to about this many font heights for the legend
 
 
 def render_overlay(
     gray: np.ndarray,
-    heatmap: np.ndarray,
+    heatmap: np.ndarray | None,
     *,
     max_side: int = 1024,
     legend: Sequence[str] = (),
-    alpha: float = 0.45,
+    alpha: float = 0.6,
+    smooth: float = DEFAULT_SMOOTH,
 ) -> np.ndarray:
-    """Render the heatmap overlay with its burned-in legend.
+    """Render the radiograph, the heatmap overlay (if any) and the burned-in legend.
 
     Args:
         gray: ``(H, W)`` float32 display image in [0, 1] (0 = black). Values outside
             are clipped.
-        heatmap: ``(h, w)`` float32 in [0, 1], any size; it covers the whole image and
-            is resized to it (bilinear).
+        heatmap: ``(h, w)`` float32 heat in [0, 1], any size, covering the whole
+            image; or None for no colour at all (radiograph and legend only). Values
+            are used as given (not renormalised).
         max_side: long side of the returned picture in pixels (legend band included).
         legend: text lines written in the band below the image, top to bottom; long
-            lines wrap. No lines = no band and no colour bar.
-        alpha: largest colour weight, reached where the heat is 1; the weight at heat
-            ``h`` is ``alpha * sqrt(h)``.
+            lines wrap. No lines = no band. With a heatmap the band also carries a
+            colour bar labelled "low" / "high attention".
+        alpha: largest colour weight, reached where the heat is 1. The weight is
+            ``alpha * smoothstep((heat - HEAT_FLOOR) / (1 - HEAT_FLOOR))``, 0 below
+            :data:`HEAT_FLOOR`.
+        smooth: Gaussian sigma applied to the heatmap, as a fraction of its long side
+            (0 = no blur).
 
     Returns:
         ``(H', W', 3)`` uint8 RGB, ``max(H', W') <= max_side``; the image part keeps the
         aspect ratio of ``gray``. With a legend, ``H'`` includes the band, and an image
-        too narrow for the text is centred on a wider dark canvas.
+        too narrow for the text is centred on a wider dark canvas. Without a heatmap
+        the image part is gray (R = G = B).
 
     Raises:
         ValueError: arrays of the wrong dimensionality, empty, or not finite;
-            ``max_side`` too small; ``alpha`` outside [0, 1].
+            ``max_side`` too small; ``alpha`` outside [0, 1]; ``smooth`` negative.
     """
     gray = _check_plane(gray, "gray")
-    heatmap = _check_plane(heatmap, "heatmap")
+    heat_in = None if heatmap is None else _check_plane(heatmap, "heatmap")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    if not smooth >= 0.0:
+        raise ValueError(f"smooth must be >= 0, got {smooth}")
     if max_side < 64:
         raise ValueError(f"max_side must be at least 64 px, got {max_side}")
     lines = [str(line) for line in legend]
+    with_bar = heat_in is not None
 
     height, width = gray.shape
     scale = min(1.0, max_side / max(height, width))
     font_px = _font_size(round(max(height, width) * scale))
     font = ImageFont.load_default(size=font_px)
     band_px = 0
-    canvas_w = max(1, round(width * scale))
     if lines:
         # The band's height depends on the wrapping width, which depends on the
         # scale; two passes settle it.
         for _ in range(2):
             canvas_w = _canvas_width(round(width * scale), font_px, max_side)
-            band_px = _band_height(lines, font, canvas_w, font_px)
+            band_px = _band_height(lines, font, canvas_w, font_px, with_bar)
             scale = min(scale, (max_side - band_px) / height)
         if scale * height < 1:
             raise ValueError(f"max_side {max_side} leaves no room for the image under the legend")
     out_w = max(1, round(width * scale))
     out_h = max(1, round(height * scale))
 
-    base = _resize(gray, out_w, out_h)
-    heat = cv2.resize(heatmap, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
-    np.clip(heat, 0.0, 1.0, out=heat)
-    rgb = _blend(base, heat, alpha)
+    base = np.clip(_resize(gray, out_w, out_h), 0.0, 1.0) * 255.0
+    if heat_in is None:
+        rgb = _to_uint8(np.repeat(base[..., None], 3, axis=2))
+    else:
+        rgb = _blend(base, smooth_heat(heat_in, out_w, out_h, smooth), alpha)
     if not lines:
         return rgb
-    return _add_legend(rgb, lines, font, font_px, band_px, _canvas_width(out_w, font_px, max_side))
+    return _add_legend(
+        rgb,
+        lines,
+        font,
+        font_px,
+        band_px,
+        _canvas_width(out_w, font_px, max_side),
+        alpha if with_bar else None,
+    )
+
+
+def smooth_heat(
+    heatmap: np.ndarray, out_w: int, out_h: int, smooth: float = DEFAULT_SMOOTH
+) -> np.ndarray:
+    """Blur a coarse (or coarsely upsampled) CAM and resize it smoothly to the picture.
+
+    Args:
+        heatmap: ``(h, w)`` float32 heat in [0, 1].
+        out_w: width of the result in pixels.
+        out_h: height of the result in pixels.
+        smooth: Gaussian sigma as a fraction of the heatmap's long side (0 = no blur).
+
+    Returns:
+        ``(out_h, out_w)`` float32 in [0, 1], with the same maximum as ``heatmap``
+        (up to interpolation).
+    """
+    heat: np.ndarray = np.clip(np.asarray(heatmap, dtype=np.float32), 0.0, 1.0)
+    peak = float(heat.max())
+    sigma = smooth * max(heat.shape)
+    if sigma > 0.0 and peak > 0.0:
+        heat = cv2.GaussianBlur(heat, (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REFLECT)
+        heat = heat * np.float32(peak / max(float(heat.max()), 1e-12))
+    if (out_h, out_w) != heat.shape:
+        shrink = out_w < heat.shape[1] and out_h < heat.shape[0]
+        method = cv2.INTER_AREA if shrink else cv2.INTER_CUBIC
+        heat = cv2.resize(heat, (out_w, out_h), interpolation=method)
+    result: np.ndarray = np.clip(heat, 0.0, 1.0)
+    return result
+
+
+def colour_weight(heat: np.ndarray, alpha: float) -> np.ndarray:
+    """Colour weight per pixel: 0 below :data:`HEAT_FLOOR`, smoothstep up to ``alpha`` at 1.
+
+    Args:
+        heat: float array in [0, 1], any shape.
+        alpha: weight at heat 1, in [0, 1].
+
+    Returns:
+        float32 array of the same shape, in [0, alpha].
+    """
+    t = np.clip((np.asarray(heat, dtype=np.float32) - HEAT_FLOOR) / (1.0 - HEAT_FLOOR), 0.0, 1.0)
+    weight: np.ndarray = (alpha * t * t * (3.0 - 2.0 * t)).astype(np.float32)
+    return weight
+
+
+def attention_colours(heat: np.ndarray) -> np.ndarray:
+    """Hot palette of the overlay: yellow at :data:`HEAT_FLOOR`, orange, red at 1.
+
+    Args:
+        heat: float array in [0, 1], any shape (values below the floor get yellow).
+
+    Returns:
+        uint8 array of shape ``heat.shape + (3,)``, RGB.
+    """
+    t = np.clip((np.asarray(heat, dtype=np.float32) - HEAT_FLOOR) / (1.0 - HEAT_FLOOR), 0.0, 1.0)
+    low, high = _HOT_JET_RANGE
+    return jet(low + (high - low) * t)
 
 
 def jet(values: np.ndarray) -> np.ndarray:
@@ -125,15 +233,16 @@ def _resize(plane: np.ndarray, out_w: int, out_h: int) -> np.ndarray:
     return resized
 
 
-def _blend(base: np.ndarray, heat: np.ndarray, alpha: float) -> np.ndarray:
-    """``(h, w)`` gray and heat in [0, 1] -> ``(h, w, 3)`` uint8 RGB."""
-    gray = np.clip(base, 0.0, 1.0) * 255.0
-    weight = (alpha * np.sqrt(heat))[..., None]
-    colour = jet(heat).astype(np.float32)
-    out: np.ndarray = gray[..., None] * (1.0 - weight) + colour * weight
-    np.rint(out, out=out)
-    np.clip(out, 0, 255, out=out)
-    return out.astype(np.uint8)
+def _blend(gray: np.ndarray, heat: np.ndarray, alpha: float) -> np.ndarray:
+    """``(h, w)`` gray levels in [0, 255] and heat in [0, 1] -> ``(h, w, 3)`` uint8 RGB."""
+    weight = colour_weight(heat, alpha)[..., None]
+    colour = attention_colours(heat).astype(np.float32)
+    return _to_uint8(gray[..., None] * (1.0 - weight) + colour * weight)
+
+
+def _to_uint8(values: np.ndarray) -> np.ndarray:
+    out: np.ndarray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    return out
 
 
 def _font_size(long_side_px: int) -> int:
@@ -149,8 +258,11 @@ def _canvas_width(image_w: int, font_px: int, max_side: int) -> int:
 def _wrap(
     line: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, max_px: float
 ) -> list[str]:
-    """Greedy word wrap of one line to ``max_px`` pixels (a too-long word stays whole)."""
-    words = line.split()
+    """Greedy word wrap of one line to ``max_px`` pixels (a too-long word stays whole).
+
+    Breaks at plain spaces only: a no-break space (U+00A0) keeps its neighbours together.
+    """
+    words = [word.replace(_NBSP, " ") for word in line.split(" ") if word]
     if not words:
         return [""]
     rows: list[str] = []
@@ -171,15 +283,24 @@ def _layout(
     font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
     width: int,
     font_px: int,
-) -> tuple[list[str], int, int, int]:
-    """Wrapped rows, margin, line height and colour-bar width for a band of ``width`` px."""
+    with_bar: bool,
+) -> tuple[list[str], int, int, int, bool]:
+    """Wrapped rows, margin, line height, colour-bar width and bar placement.
+
+    The bar sits right of the text when the band is wide enough, else on its own
+    rows below the text (the last returned value is True then).
+    """
     margin = max(4, font_px // 2)
-    bar_w = min(max(4 * font_px, width // 6), width // 3)
-    if width - 3 * margin - bar_w < 12 * font_px:
-        bar_w = 0  # too narrow for a colour bar beside the text
-    text_w = max(1, width - (3 if bar_w else 2) * margin - bar_w)
+    labels_w = round(font.getlength(f"{_BAR_LOW} {_BAR_HIGH}")) + font_px
+    bar_w = max(labels_w, width // 5) if with_bar else 0
+    below = False
+    if bar_w and width - 3 * margin - bar_w < 16 * font_px:
+        below = True  # too narrow beside the text: full-width bar under it
+        bar_w = width - 2 * margin
+    beside = bar_w > 0 and not below
+    text_w = max(1, width - (3 if beside else 2) * margin - (bar_w if beside else 0))
     rows = [row for line in lines for row in _wrap(line, font, text_w)]
-    return rows, margin, round(font_px * 1.3), bar_w
+    return rows, margin, round(font_px * 1.3), bar_w, below
 
 
 def _band_height(
@@ -187,9 +308,12 @@ def _band_height(
     font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
     width: int,
     font_px: int,
+    with_bar: bool,
 ) -> int:
-    rows, margin, line_h, bar_w = _layout(lines, font, width, font_px)
-    bar_block = 2 * line_h if bar_w else 0  # colour bar and its "low"/"high" labels
+    rows, margin, line_h, bar_w, below = _layout(lines, font, width, font_px, with_bar)
+    bar_block = 2 * line_h if bar_w else 0  # colour bar and its "low"/"high attention" labels
+    if below:
+        return 2 * margin + len(rows) * line_h + bar_block
     return 2 * margin + max(len(rows) * line_h, bar_block)
 
 
@@ -200,21 +324,27 @@ def _add_legend(
     font_px: int,
     band_px: int,
     width: int,
+    bar_alpha: float | None,
 ) -> np.ndarray:
-    """Put ``rgb`` (centred) above a dark band with the text and a horizontal colour bar."""
+    """Put ``rgb`` (centred) above a dark band with the text and, if ``bar_alpha`` is
+    given, a colour bar showing the overlay's blend over mid-gray for heat 0 -> 1."""
     height, image_w, _ = rgb.shape
-    rows, margin, line_h, bar_w = _layout(lines, font, width, font_px)
+    rows, margin, line_h, bar_w, below = _layout(lines, font, width, font_px, bar_alpha is not None)
     canvas = np.empty((height + band_px, width, 3), dtype=np.uint8)
     canvas[...] = _BAND_RGB
     left = (width - image_w) // 2
     canvas[:height, left : left + image_w] = rgb
-    bar_x = width - margin - bar_w
     bar_h = max(6, font_px // 2)
-    bar_y = height + margin + (line_h - bar_h) // 2
-    with_bar = bar_w > 0
-    if with_bar:
-        ramp = jet(np.linspace(0.0, 1.0, bar_w, dtype=np.float32))
-        canvas[bar_y : bar_y + bar_h, bar_x : bar_x + bar_w] = ramp[None, :, :]
+    if below:
+        bar_x = margin
+        bar_y = height + margin + len(rows) * line_h + (line_h - bar_h) // 2
+    else:
+        bar_x = width - margin - bar_w
+        bar_y = height + margin + (line_h - bar_h) // 2
+    if bar_alpha is not None and bar_w > 0:
+        heat = np.linspace(0.0, 1.0, bar_w, dtype=np.float32)
+        ramp = _blend(np.full((1, bar_w), _BAR_GRAY, np.float32), heat[None, :], bar_alpha)
+        canvas[bar_y : bar_y + bar_h, bar_x : bar_x + bar_w] = ramp
 
     image = Image.fromarray(canvas)
     draw = ImageDraw.Draw(image)
@@ -222,10 +352,9 @@ def _add_legend(
     for row in rows:
         draw.text((margin, y), row, fill=_TEXT_RGB, font=font)
         y += line_h
-    if with_bar:
+    if bar_alpha is not None and bar_w > 0:
         label_y = bar_y + bar_h + max(2, font_px // 6)
-        draw.text((bar_x, label_y), "low", fill=_TEXT_RGB, font=font)
-        draw.text(
-            (bar_x + bar_w - font.getlength("high"), label_y), "high", fill=_TEXT_RGB, font=font
-        )
+        draw.text((bar_x, label_y), _BAR_LOW, fill=_TEXT_RGB, font=font)
+        high_x = bar_x + bar_w - font.getlength(_BAR_HIGH)
+        draw.text((high_x, label_y), _BAR_HIGH, fill=_TEXT_RGB, font=font)
     return np.array(image, dtype=np.uint8)
