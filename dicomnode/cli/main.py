@@ -15,6 +15,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from dicomnode.cli import conformance, training
+from dicomnode.cli.db import db_app
 from dicomnode.config import DestinationSettings, Settings, load_settings
 from dicomnode.errors import DicomNodeError
 
@@ -30,6 +31,7 @@ app.command("evaluate")(training.evaluate)
 app.command("pretrain")(training.pretrain)
 app.command("conformance")(conformance.conformance)
 app.add_typer(training.models_app, name="models")
+app.add_typer(db_app, name="db")
 
 
 @dataclass(frozen=True)
