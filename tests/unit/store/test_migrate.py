@@ -112,3 +112,13 @@ def test_baseline_is_the_first_revision() -> None:
 def test_new_revision_refuses_when_the_models_match_head() -> None:
     with pytest.raises(StorageError, match="nothing to write"):
         new_revision("no change")
+
+
+def test_cli_db_upgrade_reports_the_revision(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from dicomnode.cli import app
+
+    result = CliRunner().invoke(app, ["db", "upgrade", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert f"schema revision: {head_revision()}" in result.output
