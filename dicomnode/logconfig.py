@@ -27,6 +27,8 @@ def configure(level: str = "INFO") -> None:
     if level != "DEBUG":
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    if level != "DEBUG":  # dicomnode.store.migrate logs the upgrades it runs
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     # pydicom warns about invalid values quoting them ("Invalid value for VR DA: '<birth date>'"):
     # such lines can carry PHI, so only its errors are logged.
     logging.getLogger("pydicom").setLevel(logging.ERROR)

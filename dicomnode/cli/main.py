@@ -15,6 +15,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from dicomnode.cli import conformance, training
+from dicomnode.cli.db import db_app
 from dicomnode.config import DestinationSettings, Settings, load_settings
 from dicomnode.errors import DicomNodeError
 
@@ -32,6 +33,7 @@ app.command("calibrate")(training.calibrate)
 app.command("site-threshold")(training.site_threshold)
 app.command("conformance")(conformance.conformance)
 app.add_typer(training.models_app, name="models")
+app.add_typer(db_app, name="db")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,8 @@
-"""Engine and session factory. SQLite runs in WAL mode with foreign keys on."""
+"""Engine and session factory. SQLite runs in WAL mode with foreign keys on.
+
+The schema comes from the Alembic migrations (:mod:`dicomnode.store.migrate`):
+every engine start-up upgrades the database to the newest revision.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.config import StoreSettings
-from dicomnode.store.models import Base
+from dicomnode.store.migrate import upgrade_to_head
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -23,11 +27,18 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def make_engine(settings: StoreSettings) -> Engine:
-    """Create the engine for ``settings`` and the tables if they are missing.
+    """Create the engine for ``settings`` and bring its schema to the newest migration.
 
     For SQLite the data folder is created, WAL journaling, foreign keys and a
     30 s busy timeout are set on every connection, and transactions start with
     ``BEGIN IMMEDIATE`` so that two writers queue instead of failing mid-way.
+    A new database gets the schema from the migrations; one made before migrations
+    existed is stamped as the baseline revision and upgraded (one transaction,
+    several processes starting at once migrate one after the other).
+
+    Raises:
+        StorageError: the database was migrated by a newer dicomnode.
+        sqlalchemy.exc.OperationalError: the database cannot be reached.
     """
     url = settings.resolved_db_url()
     if url.startswith("sqlite"):
@@ -41,7 +52,11 @@ def make_engine(settings: StoreSettings) -> Engine:
 
     else:
         engine = create_engine(url, pool_pre_ping=True)
-    Base.metadata.create_all(engine)
+    try:
+        upgrade_to_head(engine)
+    except BaseException:
+        engine.dispose()
+        raise
     return engine
 
 
