@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect, make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.config import StoreSettings
+from dicomnode.errors import StorageError
 from dicomnode.store.models import Base
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -22,16 +25,29 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def make_engine(settings: StoreSettings) -> Engine:
+def make_engine(settings: StoreSettings, *, create: bool = True) -> Engine:
     """Create the engine for ``settings`` and the tables if they are missing.
 
     For SQLite the data folder is created, WAL journaling, foreign keys and a
     30 s busy timeout are set on every connection, and transactions start with
     ``BEGIN IMMEDIATE`` so that two writers queue instead of failing mid-way.
+
+    Args:
+        settings: where the database is.
+        create: create the folder, the database and its tables when missing (``serve``);
+            False opens only an existing node database and creates nothing (``status``,
+            ``retry``).
+
+    Raises:
+        StorageError: ``create`` is False and there is no node database there (or it
+            cannot be opened).
     """
     url = settings.resolved_db_url()
+    if not create:
+        _require_sqlite_file(url)
     if url.startswith("sqlite"):
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        if create:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False, "isolation_level": None})
         event.listen(engine, "connect", _sqlite_pragmas)
 
@@ -41,8 +57,32 @@ def make_engine(settings: StoreSettings) -> Engine:
 
     else:
         engine = create_engine(url, pool_pre_ping=True)
-    Base.metadata.create_all(engine)
+    if create:
+        Base.metadata.create_all(engine)
+    else:
+        _require_tables(engine)
     return engine
+
+
+def _require_sqlite_file(url: str) -> None:
+    """Connecting to a missing SQLite file would create it: refuse first."""
+    parsed = make_url(url)
+    database = parsed.database or ""
+    if parsed.get_backend_name() == "sqlite" and database not in ("", ":memory:") and not Path(database).is_file():
+        raise StorageError(f"no node database at {database}")
+
+
+def _require_tables(engine: Engine) -> None:
+    shown = engine.url.render_as_string(hide_password=True)
+    try:
+        has_jobs = inspect(engine).has_table("job")
+    except SQLAlchemyError as exc:
+        engine.dispose()
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        raise StorageError(f"cannot open database {shown}: {reason}") from exc
+    if not has_jobs:
+        engine.dispose()
+        raise StorageError(f"no node database at {shown} (no dicomnode tables)")
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
