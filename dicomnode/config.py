@@ -10,11 +10,14 @@ sub-settings it needs as an argument.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
+import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -28,6 +31,9 @@ from pydantic_settings import (
 
 from dicomnode.errors import ConfigError
 
+#: ``DICOMNODE_*`` variables that are not Settings fields (read elsewhere, or by the tests).
+NON_SETTINGS_ENV = frozenset({"DICOMNODE_CONFIG", "DICOMNODE_MODELS_DIR", "DICOMNODE_SHARED_DATA"})
+_ENV_PREFIX = "DICOMNODE_"
 _HHMM_RANGE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
 
 
@@ -161,6 +167,13 @@ class DestinationSettings(_Group):
         """True when a destination host is configured."""
         return self.host is not None
 
+    def spec(self) -> str | None:
+        """``AET@HOST:PORT`` (the form :meth:`parse` reads); None when not enabled."""
+        if self.host is None:
+            return None
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.ae_title}@{host}:{self.port}"
+
     @staticmethod
     def parse(spec: str) -> dict[str, Any]:
         """Parse ``AET@HOST:PORT`` (IPv6 hosts in brackets: ``AET@[::1]:104``).
@@ -265,7 +278,7 @@ class Settings(BaseSettings):
     """All of the node's settings; see the module docstring for the source order."""
 
     model_config = SettingsConfigDict(
-        env_prefix="DICOMNODE_", env_nested_delimiter="__", extra="forbid", protected_namespaces=()
+        env_prefix=_ENV_PREFIX, env_nested_delimiter="__", extra="forbid", protected_namespaces=()
     )
 
     dicom: DicomSettings = Field(default_factory=DicomSettings)
@@ -302,11 +315,14 @@ def load_settings(config_file: Path | None = None, overrides: dict[str, Any] | N
             ``None`` values are dropped so an absent flag never hides env or file values.
 
     Raises:
-        ConfigError: the file is missing or a value is invalid (the message lists each).
+        ConfigError: the file is missing or not valid TOML (the message names the line and
+            column), a ``DICOMNODE_*`` variable names no setting, or a value is invalid
+            (the message lists each).
     """
     path = config_file or (Path(os.environ["DICOMNODE_CONFIG"]) if os.environ.get("DICOMNODE_CONFIG") else None)
     if path is not None and not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
+    check_environment(os.environ)
 
     class _Sourced(Settings):
         @classmethod
@@ -328,9 +344,53 @@ def load_settings(config_file: Path | None = None, overrides: dict[str, Any] | N
         sourced = _Sourced(**cleaned)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc)) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
     except SettingsError as exc:
         raise ConfigError(f"invalid configuration: {exc}") from exc
     return Settings.model_validate(sourced.model_dump())
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """Refuse ``DICOMNODE_*`` variables that name no setting (a typo would be ignored silently).
+
+    ``DICOMNODE_<GROUP>__<FIELD>`` must name a group and one of its fields (deeper parts
+    only below a mapping field such as ``model.thresholds``); ``DICOMNODE_<NAME>`` a
+    top-level field or a whole group given as JSON. Names are matched case-insensitively,
+    as pydantic-settings reads them. :data:`NON_SETTINGS_ENV` are left alone.
+
+    Raises:
+        ConfigError: naming the first such variable and the closest valid name.
+    """
+    for name in sorted(environ):
+        if not name.upper().startswith(_ENV_PREFIX) or name.upper() in NON_SETTINGS_ENV:
+            continue
+        problem = _env_name_problem(name[len(_ENV_PREFIX):].lower().split("__"))
+        if problem:
+            raise ConfigError(f"environment variable {name}: {problem}")
+
+
+def _env_name_problem(parts: list[str]) -> str | None:
+    fields = Settings.model_fields
+    head = parts[0]
+    if head not in fields:
+        return f"no setting or section {head!r}{_did_you_mean(head, fields)}"
+    annotation = fields[head].annotation
+    if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        return None if len(parts) == 1 else f"{head!r} is a setting, not a section"
+    if len(parts) == 1:
+        return None  # the whole section as JSON; its keys are validated with the values
+    group_fields = annotation.model_fields
+    if parts[1] not in group_fields:
+        return f"section [{head}] has no setting {parts[1]!r}{_did_you_mean(parts[1], group_fields)}"
+    if len(parts) > 2 and get_origin(group_fields[parts[1]].annotation) is not dict:
+        return f"{head}.{parts[1]} has no parts"
+    return None
+
+
+def _did_you_mean(word: str, choices: Mapping[str, object]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(choices)})"
 
 
 def _drop_none(values: dict[str, Any]) -> dict[str, Any]:

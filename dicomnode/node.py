@@ -7,14 +7,17 @@ SIGINT. Tests build one in-process the same way.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from dicomnode.config import Settings
+from dicomnode.errors import ModelError
+from dicomnode.store import pidfile
 from dicomnode.store.db import make_engine, make_sessionmaker
-from dicomnode.store.files import FileStore
+from dicomnode.store.files import FileStore, check_data_dir
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.background import BackgroundScheduler
@@ -37,6 +40,26 @@ def load_runner(settings: Settings) -> ModelRunner:
 
     loaded = resolve_manifest(settings.model.name)
     return ModelRunner.from_loaded(loaded, device=settings.model.device, thresholds=settings.model.thresholds or None)
+
+
+def preflight(settings: Settings, role: str) -> None:
+    """Check what ``serve`` needs before it changes anything, in this order.
+
+    1. The model (roles that run batches): it resolves and its manifest is valid, and
+       the weights file is there (its sha256 is verified when it is loaded).
+    2. The data folder: not a file, created when missing, readable and writable.
+
+    Raises:
+        ModelError: the model cannot be found or its manifest is invalid.
+        StorageError: the data folder cannot be used (the message names it).
+    """
+    if role != "receiver":
+        from dicomnode.inference.registry import resolve_manifest
+
+        loaded = resolve_manifest(settings.model.name)
+        if not loaded.weights_path.is_file():
+            raise ModelError(f"model {settings.model.name!r}: weights file {loaded.weights_path} is missing")
+    check_data_dir(settings.store.data_dir, create=True)
 
 
 class Node:
@@ -150,10 +173,29 @@ def serve_forever(settings: Settings, role: str = "all") -> None:
             its listening sockets, :mod:`dicomnode.receiving.processes`); they all
             stop with this one.
 
+    While it runs, the process holds a pid file in the data folder
+    (:mod:`dicomnode.store.pidfile`): ``dicomnode status`` reports it as running.
+
     Raises:
         ModelError: the model cannot be loaded.
         OSError: the DICOM port cannot be bound.
     """
+    with pidfile.hold(settings.store.data_dir, _process_record(settings, role)):
+        _serve(settings, role)
+
+
+def _process_record(settings: Settings, role: str) -> pidfile.NodeProcess:
+    from dicomnode.store.queue import utcnow
+
+    return pidfile.NodeProcess(
+        pid=os.getpid(),
+        role=role,
+        destination=None if role == "receiver" else settings.destination.spec(),
+        started_at=utcnow().isoformat(timespec="seconds") + "Z",
+    )
+
+
+def _serve(settings: Settings, role: str) -> None:
     # A plain flag, not a threading.Event: the handler runs in the main thread between
     # bytecodes, and Event.set() takes a lock the interrupted code may already hold.
     stop_requested = False

@@ -1,4 +1,4 @@
-"""The ``dicomnode`` Typer app: serve, status, predict, config show, and the training commands.
+"""The ``dicomnode`` Typer app: serve, status, retry, predict, config show, and the training commands.
 
 Each command is a thin adapter: parse options, call one library function, map
 ``DicomNodeError`` to a one-line message on stderr and exit code 1. Heavy
@@ -10,16 +10,62 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
+from typer.core import TyperGroup
 
+from dicomnode import __version__
 from dicomnode.cli import conformance, training
 from dicomnode.cli.db import db_app
 from dicomnode.config import DestinationSettings, Settings, load_settings
 from dicomnode.errors import DicomNodeError
 
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from dicomnode.store.pidfile import NodeProcess
+
+#: Root options also accepted after the subcommand (``dicomnode serve --config node.toml``).
+_ROOT_VALUE_OPTIONS = ("--config", "-c")
+
+
+def hoist_root_options(args: list[str]) -> list[str]:
+    """Move ``--config FILE`` / ``-c FILE`` / ``--config=FILE`` in front of the subcommand.
+
+    Click parses a group's options only before the subcommand's name; users put
+    ``--config`` where they put every other option. No subcommand has an option of
+    these names. Arguments after ``--`` are left alone.
+    """
+    hoisted: list[str] = []
+    rest: list[str] = []
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if arg == "--":
+            rest.extend(args[index:])
+            break
+        if arg in _ROOT_VALUE_OPTIONS and index + 1 < len(args):
+            hoisted.extend(args[index : index + 2])
+            index += 2
+            continue
+        if arg.startswith("--config="):
+            hoisted.append(arg)
+        else:
+            rest.append(arg)
+        index += 1
+    return hoisted + rest
+
+
+class _RootGroup(TyperGroup):
+    """The root command group; see :func:`hoist_root_options`."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # ctx: the (vendored) click.Context
+        return super().parse_args(ctx, hoist_root_options(args))
+
+
 app = typer.Typer(
+    cls=_RootGroup,
     no_args_is_help=True,
     add_completion=False,
     help="DICOM-native AI node for chest X-rays (research use, not for diagnosis).",
@@ -49,13 +95,27 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(code=1)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"dicomnode {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def main(
     ctx: typer.Context,
     config: Annotated[
         Path | None,
-        typer.Option("--config", "-c", help="TOML settings file (default: $DICOMNODE_CONFIG).", envvar="DICOMNODE_CONFIG"),
+        typer.Option(
+            "--config",
+            "-c",
+            help="TOML settings file (default: $DICOMNODE_CONFIG); also accepted after the command.",
+            envvar="DICOMNODE_CONFIG",
+        ),
     ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     """dicomnode: receive chest radiographs over DICOM, infer in batches, send SC + SR back."""
     ctx.obj = CliContext(config_file=config)
@@ -109,7 +169,7 @@ def serve(
 ) -> None:
     """Receive studies over DICOM, run batch inference, send results back. Stops on SIGTERM/SIGINT."""
     from dicomnode import logconfig
-    from dicomnode.node import ROLES, serve_forever
+    from dicomnode.node import ROLES, preflight, serve_forever
 
     if role not in ROLES:
         raise typer.BadParameter(f"must be one of {', '.join(ROLES)}", param_hint="--role")
@@ -125,6 +185,10 @@ def serve(
             "log_level": log_level.upper() if log_level else None,
         },
     )
+    try:
+        preflight(settings, role)
+    except DicomNodeError as exc:
+        fail(str(exc))
     logconfig.configure(settings.log_level)
     try:
         serve_forever(settings, role)
@@ -134,6 +198,47 @@ def serve(
         fail(f"cannot listen on {settings.dicom.bind_address}:{settings.dicom.port}: {exc.strerror or exc}")
 
 
+def _open_queue(settings: Settings) -> Engine:
+    """The engine of an existing node database; creates nothing (``status``, ``retry``)."""
+    from dicomnode.store.db import make_engine
+    from dicomnode.store.files import check_data_dir
+
+    store = settings.store
+    try:
+        exists = check_data_dir(store.data_dir, write=False)
+        if store.db_url is None and not exists:
+            fail(f"no node database in {store.data_dir} (give --data-dir of a node that has run)")
+        return make_engine(store, create=False)
+    except DicomNodeError as exc:
+        missing = str(exc).startswith("no node database")
+        hint = " (give --data-dir of a node that has run)" if missing and store.db_url is None else ""
+        fail(f"{exc}{hint}")
+
+
+def _processes(settings: Settings) -> list[NodeProcess]:
+    from dicomnode.store import pidfile
+
+    return pidfile.running(settings.store.data_dir)
+
+
+def _destination_in_effect(settings: Settings, processes: list[NodeProcess]) -> str | None:
+    """Where results go: as the running worker(s) say, else as these settings say."""
+    workers = [p for p in processes if p.role != "receiver"]
+    if workers:
+        return next((p.destination for p in workers if p.destination), None)
+    return settings.destination.spec()
+
+
+def _describe_processes(settings: Settings, processes: list[NodeProcess]) -> str:
+    if not processes:
+        return f"not running on {settings.store.data_dir}"
+    parts = []
+    for proc in processes:
+        sends = f", sends to {proc.destination}" if proc.destination else ""
+        parts.append(f"pid {proc.pid} role {proc.role} since {proc.started_at}{sends}")
+    return "running (" + "; ".join(parts) + ")"
+
+
 @app.command()
 def status(
     ctx: typer.Context,
@@ -141,39 +246,86 @@ def status(
     db_url: Annotated[str | None, typer.Option("--db-url", help="SQLAlchemy URL of the queue.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object instead of text.")] = False,
 ) -> None:
-    """Counts per state, results waiting to be sent (and why), recent failures and skips."""
-    from dicomnode.store.db import make_engine, make_sessionmaker
+    """Whether a node runs, counts per state, results waiting to be sent (and why), failures, skips.
+
+    Reads the database only: a missing one is reported, not created.
+    """
+    from dicomnode.store.db import make_sessionmaker
+    from dicomnode.store.files import RESULTS_AREA
     from dicomnode.store.queue import status_summary
 
     settings = _settings(ctx, {"store": {"data_dir": data_dir, "db_url": db_url}})
-    if settings.store.db_url is None and not (settings.store.data_dir / "dicomnode.sqlite3").exists():
-        fail(f"no node database in {settings.store.data_dir} (give --data-dir of a node that has run)")
-    engine = make_engine(settings.store)
+    engine = _open_queue(settings)
     try:
         with make_sessionmaker(engine)() as session:
             summary = status_summary(session)
     finally:
         engine.dispose()
+    processes = _processes(settings)
+    destination = _destination_in_effect(settings, processes)
     if as_json:
-        typer.echo(json.dumps(asdict(summary), default=str))
+        node = {"running": bool(processes), "processes": [asdict(p) for p in processes]}
+        typer.echo(json.dumps({**asdict(summary), "node": node, "destination": destination}, default=str))
         return
+    typer.echo("node:      " + _describe_processes(settings, processes))
     typer.echo("jobs:      " + _fmt_counts(summary.jobs))
     typer.echo("instances: " + _fmt_counts(summary.instances))
     typer.echo("results:   " + _fmt_counts(summary.results))
-    if summary.pending_sends:
-        typer.echo("waiting to be sent:")
+    unsent = summary.results.get("pending", 0)
+    if unsent and destination is None:
+        whose = "the running node has" if any(p.role != "receiver" for p in processes) else "these settings have"
+        typer.echo(f"not sent: {whose} no destination; {unsent} result(s) stay in "
+                   f"{settings.store.data_dir / RESULTS_AREA}/ (serve --destination AET@HOST:PORT sends them)")
+    elif summary.pending_sends:
+        typer.echo(f"waiting to be sent to {destination}:")
         for item in summary.pending_sends:
             why = f" last error: {item['last_error']}" if item["last_error"] else ""
             typer.echo(f"  job {item['job_id']} {item['kind']} {item['sop_instance_uid']} attempts={item['attempts']} "
                        f"next={item['next_attempt_at']}{why}")
     if summary.recent_failures:
-        typer.echo("recent failures:")
+        typer.echo("recent failures (dicomnode retry re-queues them):")
         for item in summary.recent_failures:
             typer.echo(f"  {item['what']} job {item['job_id']} attempts={item['attempts']}: {item['error']}")
     if summary.recent_skips:
         typer.echo("recently skipped instances:")
         for item in summary.recent_skips:
             typer.echo(f"  {item['sop_instance_uid']}: {item['reason']}")
+
+
+@app.command()
+def retry(
+    ctx: typer.Context,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Data folder of the node.")] = None,
+    db_url: Annotated[str | None, typer.Option("--db-url", help="SQLAlchemy URL of the queue.")] = None,
+) -> None:
+    """Failed jobs back to ready, failed or backed-off sends due now. Safe while a node runs."""
+    from dicomnode.store.db import make_sessionmaker
+    from dicomnode.store.files import RESULTS_AREA
+    from dicomnode.store.queue import retry_failed, utcnow
+
+    settings = _settings(ctx, {"store": {"data_dir": data_dir, "db_url": db_url}})
+    engine = _open_queue(settings)
+    try:
+        with make_sessionmaker(engine).begin() as session:
+            report = retry_failed(session, now=utcnow())
+    finally:
+        engine.dispose()
+    sends = report.failed_sends + report.pending_sends
+    if not report.jobs and not sends:
+        typer.echo("nothing to retry: no failed job, no failed or waiting send")
+        return
+    if report.jobs:
+        typer.echo(f"re-queued {len(report.jobs)} failed job(s):")
+        for job_id, study_uid in report.jobs:
+            typer.echo(f"  job {job_id} study {study_uid}")
+    if sends:
+        typer.echo(f"{sends} send(s) due now ({report.failed_sends} failed, {report.pending_sends} waiting for a retry)")
+    processes = _processes(settings)
+    if sends and _destination_in_effect(settings, processes) is None:
+        typer.echo(f"note: no destination configured; results stay in {settings.store.data_dir / RESULTS_AREA}/")
+    if not any(p.role != "receiver" for p in processes):
+        typer.echo(f"note: no node worker is running on {settings.store.data_dir}; "
+                   "the re-queued work starts when dicomnode serve runs")
 
 
 def _fmt_counts(counts: dict[str, int]) -> str:

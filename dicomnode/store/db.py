@@ -6,12 +6,15 @@ every engine start-up upgrades the database to the newest revision.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect, make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.config import StoreSettings
+from dicomnode.errors import StorageError
 from dicomnode.store.migrate import upgrade_to_head
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -26,7 +29,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def make_engine(settings: StoreSettings) -> Engine:
+def make_engine(settings: StoreSettings, *, create: bool = True) -> Engine:
     """Create the engine for ``settings`` and bring its schema to the newest migration.
 
     For SQLite the data folder is created, WAL journaling, foreign keys and a
@@ -36,13 +39,23 @@ def make_engine(settings: StoreSettings) -> Engine:
     existed is stamped as the baseline revision and upgraded (one transaction,
     several processes starting at once migrate one after the other).
 
+    Args:
+        settings: where the database is.
+        create: create the folder, the database and its tables when missing (``serve``);
+            False opens only an existing node database and creates nothing (``status``,
+            ``retry``).
+
     Raises:
-        StorageError: the database was migrated by a newer dicomnode.
+        StorageError: ``create`` is False and there is no node database there (or it
+            cannot be opened); or the database was migrated by a newer dicomnode.
         sqlalchemy.exc.OperationalError: the database cannot be reached.
     """
     url = settings.resolved_db_url()
+    if not create:
+        _require_sqlite_file(url)
     if url.startswith("sqlite"):
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        if create:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False, "isolation_level": None})
         event.listen(engine, "connect", _sqlite_pragmas)
 
@@ -52,12 +65,35 @@ def make_engine(settings: StoreSettings) -> Engine:
 
     else:
         engine = create_engine(url, pool_pre_ping=True)
+    if not create:
+        _require_tables(engine)
     try:
         upgrade_to_head(engine)
     except BaseException:
         engine.dispose()
         raise
     return engine
+
+
+def _require_sqlite_file(url: str) -> None:
+    """Connecting to a missing SQLite file would create it: refuse first."""
+    parsed = make_url(url)
+    database = parsed.database or ""
+    if parsed.get_backend_name() == "sqlite" and database not in ("", ":memory:") and not Path(database).is_file():
+        raise StorageError(f"no node database at {database}")
+
+
+def _require_tables(engine: Engine) -> None:
+    shown = engine.url.render_as_string(hide_password=True)
+    try:
+        has_jobs = inspect(engine).has_table("job")
+    except SQLAlchemyError as exc:
+        engine.dispose()
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        raise StorageError(f"cannot open database {shown}: {reason}") from exc
+    if not has_jobs:
+        engine.dispose()
+        raise StorageError(f"no node database at {shown} (no dicomnode tables)")
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

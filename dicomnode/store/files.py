@@ -17,6 +17,40 @@ from pathlib import Path
 
 from dicomnode.errors import StorageError
 
+#: Folder of the data folder that holds produced SC / SR objects.
+RESULTS_AREA = "results"
+
+
+def check_data_dir(path: Path, *, create: bool = False, write: bool = True) -> bool:
+    """Check that ``path`` can serve as a node's data folder.
+
+    Args:
+        path: the data folder.
+        create: create it (and its parents) when missing.
+        write: require write access too (``serve``), not only read access (``status``).
+
+    Returns:
+        True when the folder exists (always, when ``create``); False when it is missing.
+
+    Raises:
+        StorageError: naming ``path``: it is not a folder, cannot be created, or this
+            user cannot read (and write) it.
+    """
+    if path.exists() and not path.is_dir():
+        raise StorageError(f"data folder {path} is a file, not a folder (give --data-dir a folder)")
+    if not path.exists():
+        if not create:
+            return False
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create data folder {path}: {exc.strerror or exc}") from exc
+    mode = os.R_OK | os.X_OK | (os.W_OK if write else 0)
+    if not os.access(path, mode):
+        needed = "read and write" if write else "read"
+        raise StorageError(f"data folder {path}: this user (uid {os.getuid()}) cannot {needed} it")
+    return True
+
 
 class FileStore:
     """The node's data folder.
@@ -42,7 +76,7 @@ class FileStore:
 
     def result_path(self, sop_instance_uid: str) -> Path:
         """Absolute path for a produced result object."""
-        return self._hashed("results", sop_instance_uid)
+        return self._hashed(RESULTS_AREA, sop_instance_uid)
 
     def write_atomic(
         self,
@@ -121,7 +155,7 @@ class FileStore:
     def remove_partials(self) -> int:
         """Delete temporary files left by a crash mid-write; returns how many."""
         count = 0
-        for area in ("incoming", "results"):
+        for area in ("incoming", RESULTS_AREA):
             for leftover in (self.data_dir / area).glob("*/*/.partial-*.tmp"):
                 leftover.unlink(missing_ok=True)
                 count += 1

@@ -391,15 +391,56 @@ def mark_result_failed(
     return result.state
 
 
-def retry_failed_results(session: Session, *, now: datetime) -> int:
-    """Put FAILED results back to PENDING (operator action); returns how many."""
-    result = session.execute(
+@dataclass(frozen=True)
+class RetryReport:
+    """What :func:`retry_failed` re-queued.
+
+    Attributes:
+        jobs: ``(job id, Study Instance UID)`` of the FAILED jobs now READY.
+        failed_sends: FAILED results back in the outbox (PENDING, attempts reset).
+        pending_sends: PENDING results waiting for a backoff that are now due.
+    """
+
+    jobs: list[tuple[int, str]]
+    failed_sends: int
+    pending_sends: int
+
+
+def retry_failed(session: Session, *, now: datetime) -> RetryReport:
+    """Operator action: FAILED jobs back to READY, FAILED and backed-off sends due now.
+
+    Jobs and results start again with ``attempts = 0`` (a full set of tries);
+    ``last_error`` is kept until the next attempt replaces it. Safe while a node runs
+    on the same database: FAILED rows are claimed by no worker, and a running sender
+    only reads ``next_attempt_at`` when it looks for due results.
+    """
+    jobs = session.scalars(select(Job).where(Job.state == JobState.FAILED).order_by(Job.id)).all()
+    for job in jobs:
+        job.state = JobState.READY
+        job.attempts = 0
+        job.ready_at = now
+        job.not_before = None
+        job.claimed_at = None
+        job.claimed_by = None
+        job.finished_at = None
+    failed = session.execute(
         update(Result)
         .where(Result.state == OutboxState.FAILED)
         .values(state=OutboxState.PENDING, attempts=0, next_attempt_at=now)
         .execution_options(synchronize_session=False)
     )
-    return int(getattr(result, "rowcount", 0) or 0)
+    backed_off = session.execute(
+        update(Result)
+        .where(Result.state == OutboxState.PENDING, Result.next_attempt_at > now)
+        .values(next_attempt_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    session.flush()
+    return RetryReport(
+        jobs=[(job.id, job.study_instance_uid) for job in jobs],
+        failed_sends=int(getattr(failed, "rowcount", 0) or 0),
+        pending_sends=int(getattr(backed_off, "rowcount", 0) or 0),
+    )
 
 
 def _counts(session: Session, column: object) -> dict[str, int]:

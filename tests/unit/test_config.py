@@ -78,3 +78,47 @@ def test_bad_environment_value_is_a_config_error(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("DICOMNODE_MODEL__THRESHOLDS", "{not json")
     with pytest.raises(ConfigError, match="invalid configuration"):
         load_settings()
+
+
+def test_toml_syntax_error_names_the_file_line_and_column(tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text('[dicom]\nae_title = "A"\nport = = 3\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(config)
+    message = str(info.value)
+    assert "\n" not in message
+    assert str(config) in message and "line 3, column 8" in message
+
+
+@pytest.mark.parametrize(
+    ("name", "named"),
+    [
+        ("DICOMNODE_DESTINATON__HOST", "did you mean 'destination'"),
+        ("DICOMNODE_DICOM__PROT", "did you mean 'port'"),
+        ("DICOMNODE_LOGLEVEL", "did you mean 'log_level'"),
+        ("DICOMNODE_LOG_LEVEL__X", "not a section"),
+        ("dicomnode_nope__port", "known: dicom, destination"),
+    ],
+)
+def test_unknown_environment_variable_is_an_error(monkeypatch: pytest.MonkeyPatch, name: str, named: str) -> None:
+    monkeypatch.setenv(name, "x")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert str(info.value).startswith(f"environment variable {name}: ")
+    assert named in str(info.value)
+
+
+def test_known_environment_variables_pass(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("DICOMNODE_MODELS_DIR", str(tmp_path))
+    monkeypatch.setenv("DICOMNODE_MODEL__THRESHOLDS__PNEUMONIA", "0.4")
+    monkeypatch.setenv("DICOMNODE_DICOM", '{"port": 2000}')
+    monkeypatch.setenv("DICOMNODE_LOG_LEVEL", "DEBUG")
+    settings = load_settings()
+    assert settings.dicom.port == 2000 and settings.log_level == "DEBUG"
+    assert settings.model.thresholds == {"pneumonia": 0.4}
+
+
+def test_destination_spec_round_trips() -> None:
+    for spec in ("PACS@10.0.0.5:104", "ORTHANC@[::1]:4242"):
+        assert DestinationSettings(**DestinationSettings.parse(spec)).spec() == spec
+    assert DestinationSettings().spec() is None

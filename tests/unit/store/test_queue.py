@@ -166,8 +166,35 @@ def test_send_failure_exhausts_to_failed_and_retry_resets(sessions: sessionmaker
     with sessions() as session:
         assert queue.status_summary(session).recent_failures[0]["error"] == "0xA700"
     with sessions.begin() as session:
-        assert queue.retry_failed_results(session, now=T0) == 1
+        report = queue.retry_failed(session, now=T0)
+        assert (report.jobs, report.failed_sends, report.pending_sends) == ([], 1, 0)
         assert len(queue.due_results(session, now=T0, limit=5)) == 1
+
+
+def test_retry_requeues_failed_jobs_and_makes_backed_off_sends_due(sessions: sessionmaker[Session]) -> None:
+    claim = _ready_and_claim(sessions, T0)
+    with sessions.begin() as session:
+        assert queue.fail_job(session, claim, "decode error", max_attempts=1, backoff_s=1, now=T0) == JobState.FAILED
+        _record(session, "1.2.9.1", study="1.2.9", now=T0)
+        queue.mark_stable(session, stable_after_s=1, now=T0 + timedelta(seconds=5))
+        other = queue.claim_batch(session, limit=1, now=T0 + timedelta(seconds=5), worker="w")[0]
+        result = queue.NewResult(ResultKind.FINDINGS_SR, "9.9.3", "1.2.840.10008.5.1.4.1.1.88.33", "results/c.dcm")
+        queue.complete_job(session, other, [result], now=T0)
+        item = queue.due_results(session, now=T0, limit=1)[0]
+        queue.mark_result_failed(session, item.result_id, "peer down", max_attempts=5, backoff_s=600,
+                                 backoff_max_s=600, now=T0)
+        assert queue.due_results(session, now=T0, limit=5) == []
+    with sessions.begin() as session:
+        report = queue.retry_failed(session, now=T0 + timedelta(seconds=1))
+    assert report.jobs == [(claim.job_id, claim.study_instance_uid)]
+    assert (report.failed_sends, report.pending_sends) == (0, 1)
+    with sessions.begin() as session:
+        job = session.get(Job, claim.job_id)
+        assert job is not None and job.state == JobState.READY and job.attempts == 0
+        assert [c.job_id for c in queue.claim_batch(session, limit=5, now=T0 + timedelta(seconds=1), worker="w")] == [
+            claim.job_id
+        ]
+        assert len(queue.due_results(session, now=T0 + timedelta(seconds=1), limit=5)) == 1
 
 
 @pytest.mark.parametrize("limit", [1, 3])
