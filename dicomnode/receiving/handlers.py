@@ -72,11 +72,11 @@ from dicomnode.receiving.validation import (
     Verdict,
     check_structure,
     classify,
-    is_valid_uid,
     safe_text,
 )
 from dicomnode.store import queue
 from dicomnode.store.files import FileStore
+from dicomnode.uid import is_valid_uid
 
 if TYPE_CHECKING:
     from pynetdicom.events import Event
