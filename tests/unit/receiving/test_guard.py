@@ -163,6 +163,25 @@ def test_half_sent_pdu_is_closed_after_the_network_timeout(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("sent", [20, 6, 0], ids=["20-bytes", "header-only", "nothing"])
+def test_stalled_association_request_is_closed_after_the_acse_timeout(
+    receive_context: ReceiveContext, sent: int
+) -> None:
+    """The A-ASSOCIATE-RQ must be complete within ``acse_timeout_s`` of connecting,
+    however much of it arrived (issue 15: 20 bytes then silence held the connection
+    for the 60 s network timeout). Network timeout long here, so only the ACSE one can
+    close it within the bound."""
+    running = run_scp(receive_context, acse_timeout_s=TIMEOUT_S, network_timeout_s=60)
+    try:
+        with rawpeer.connect(running.port) as sock:
+            sock.sendall(rawpeer.associate_rq()[:sent])
+            rawpeer.wait_closed(sock, TIMEOUT_S + SLACK_S)  # raises TimeoutError if still open
+        _still_serves(running.port)
+    finally:
+        stop_scp(running.server, grace_s=1)
+
+
+@pytest.mark.slow
 def test_half_sent_p_data_is_closed_after_the_network_timeout(
     fast_scp: RunningScp, store_engine: Engine, data_dir: Path
 ) -> None:
