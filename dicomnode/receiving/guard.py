@@ -63,6 +63,8 @@ from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import A_P_ABORT
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
+from dicomnode.receiving.commands import CheckedDIMSEProvider
+
 if TYPE_CHECKING:
     from pynetdicom.association import Association
     from pynetdicom.events import Event
@@ -482,6 +484,7 @@ class NodeRequestHandler(RequestHandler):
         from pynetdicom.association import Association
 
         assoc = Association(self.ae, MODE_ACCEPTOR)
+        assoc.dimse = CheckedDIMSEProvider(assoc)  # bad command UIDs answered, not aborted
         assoc._server = self.server
         timestamp = datetime.strftime(datetime.now(), "%Y%m%d%H%M%S")
         assoc.name = f"AcceptorThread@{timestamp}"
