@@ -18,9 +18,18 @@ class _ContextFormatter(logging.Formatter):
 
 
 def configure(level: str = "INFO") -> None:
-    """Log to stderr at ``level``; pynetdicom is kept one step quieter unless DEBUG."""
+    """Log to stderr at ``level``; pynetdicom is kept one step quieter unless DEBUG.
+
+    Python warnings are routed into logging (``logging.captureWarnings``), and the
+    one handler carries the PHI guard (:class:`dicomnode.phi.PhiGuard`), so every
+    record and warning of every library passes it before it is written.
+    """
+    from dicomnode.phi import PhiGuard
+
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_ContextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(PhiGuard())
+    logging.captureWarnings(True)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -8,7 +8,7 @@ libraries are imported inside the commands, so ``dicomnode --help`` stays fast.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -139,6 +139,7 @@ def status(
 ) -> None:
     """Counts per state, results waiting to be sent (and why), recent failures and skips."""
     from dicomnode.store.db import make_engine, make_sessionmaker
+    from dicomnode.store.duplicates import read_duplicates
     from dicomnode.store.queue import status_summary
 
     settings = _settings(ctx, {"store": {"data_dir": data_dir, "db_url": db_url}})
@@ -150,6 +151,8 @@ def status(
             summary = status_summary(session)
     finally:
         engine.dispose()
+    duplicates = read_duplicates(settings.store.data_dir)
+    summary = replace(summary, duplicates=asdict(duplicates))
     if as_json:
         typer.echo(json.dumps(asdict(summary), default=str))
         return
@@ -166,6 +169,10 @@ def status(
         typer.echo("recent failures:")
         for item in summary.recent_failures:
             typer.echo(f"  {item['what']} job {item['job_id']} attempts={item['attempts']}: {item['error']}")
+    if duplicates.identical or duplicates.conflicting:
+        last = f" (last {duplicates.last_conflicting_at} UTC)" if duplicates.conflicting else ""
+        typer.echo(f"duplicates: {duplicates.identical} identical, "
+                   f"{duplicates.conflicting} with DIFFERENT content{last}; the first copy was kept")
     if summary.recent_skips:
         typer.echo("recently skipped instances:")
         for item in summary.recent_skips:
@@ -186,10 +193,12 @@ def predict(
     explain: Annotated[str | None, typer.Option(help="Grad-CAM for 'all' images or only 'positive' ones.")] = None,
 ) -> None:
     """Run the serving pipeline offline on files: writes one SC per image and one SR per study."""
+    from dicomnode import logconfig
     from dicomnode.node import load_runner
     from dicomnode.pipeline import PipelineOptions, analyse_files
 
     settings = _settings(ctx, {"model": {"name": model, "device": device, "explain": explain}})
+    logconfig.configure(settings.log_level)  # library warnings pass the PHI guard
     try:
         runner = load_runner(settings)
         options = PipelineOptions(settings.outputs, settings.model.batch_size, settings.model.explain)
