@@ -87,12 +87,19 @@ def configure(level: str = "INFO") -> None:
     pynetdicom is kept at WARNING unless ``level`` is DEBUG; APScheduler logs only
     warnings (its INFO lines come once per run); pydicom logs only errors (its warnings
     can quote values). Demoted warnings still pass the logger levels, so they show as
-    DEBUG records at DEBUG.
+    DEBUG records at DEBUG. Python warnings are routed into logging
+    (``logging.captureWarnings``), and the one handler carries the PHI guard
+    (:class:`dicomnode.phi.PhiGuard`), so every record and warning of every library
+    passes it before it is written.
     """
+    from dicomnode.phi import PhiGuard
+
     numeric = logging.getLevelName(level)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_ContextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(DemoteFilter(numeric))
+    handler.addFilter(PhiGuard())
+    logging.captureWarnings(True)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -8,7 +8,7 @@ libraries are imported inside the commands, so ``dicomnode --help`` stays fast.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -251,6 +251,7 @@ def status(
     Reads the database only: a missing one is reported, not created.
     """
     from dicomnode.store.db import make_sessionmaker
+    from dicomnode.store.duplicates import read_duplicates
     from dicomnode.store.files import RESULTS_AREA
     from dicomnode.store.queue import status_summary
 
@@ -263,6 +264,8 @@ def status(
         engine.dispose()
     processes = _processes(settings)
     destination = _destination_in_effect(settings, processes)
+    duplicates = read_duplicates(settings.store.data_dir)
+    summary = replace(summary, duplicates=asdict(duplicates))
     if as_json:
         node = {"running": bool(processes), "processes": [asdict(p) for p in processes]}
         typer.echo(json.dumps({**asdict(summary), "node": node, "destination": destination}, default=str))
@@ -286,6 +289,10 @@ def status(
         typer.echo("recent failures (dicomnode retry re-queues them):")
         for item in summary.recent_failures:
             typer.echo(f"  {item['what']} job {item['job_id']} attempts={item['attempts']}: {item['error']}")
+    if duplicates.identical or duplicates.conflicting:
+        last = f" (last {duplicates.last_conflicting_at} UTC)" if duplicates.conflicting else ""
+        typer.echo(f"duplicates: {duplicates.identical} identical, "
+                   f"{duplicates.conflicting} with DIFFERENT content{last}; the first copy was kept")
     if summary.recent_skips:
         typer.echo("recently skipped instances:")
         for item in summary.recent_skips:
@@ -342,10 +349,12 @@ def predict(
     explain: Annotated[str | None, typer.Option(help="Grad-CAM for 'all' images or only 'positive' ones.")] = None,
 ) -> None:
     """Run the serving pipeline offline on files: writes one SC per image and one SR per study."""
+    from dicomnode import logconfig
     from dicomnode.node import load_runner
     from dicomnode.pipeline import PipelineOptions, analyse_files
 
     settings = _settings(ctx, {"model": {"name": model, "device": device, "explain": explain}})
+    logconfig.configure(settings.log_level)  # library warnings pass the PHI guard
     try:
         runner = load_runner(settings)
         options = PipelineOptions(settings.outputs, settings.model.batch_size, settings.model.explain)

@@ -61,6 +61,7 @@ if TYPE_CHECKING:  # highdicom is imported lazily: importing this module stays c
 __all__ = [
     "ABSENT",
     "ALGORITHM_FAMILY_AI",
+    "ANATOMIC_REGION_CHEST",
     "BEST_ILLUSTRATION_OF_FINDING",
     "CERTAINTY_OF_FINDING",
     "DEVICE_OBSERVER",
@@ -180,6 +181,10 @@ BEST_ILLUSTRATION_OF_FINDING = Code("121080", "DCM", "Best illustration of findi
 
 #: TID 1500 Procedure Reported (PS3.16 code; CID 100 is extensible).
 PROCEDURE_CHEST_IMAGING = Code("413815006", "SCT", "Chest imaging")
+
+#: Anatomic Region Sequence of a heatmap SC whose source states no Body Part Examined
+#: (PS3.16 CID 4031; the node only processes images its gate took for chests).
+ANATOMIC_REGION_CHEST = Code("51185008", "SCT", "Chest")
 
 #: TID 1500 document title, PS3.16 CID 7021.
 REPORT_TITLE = Code("126000", "DCM", "Imaging Measurement Report")

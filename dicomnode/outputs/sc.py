@@ -195,17 +195,25 @@ def _copy_patient_and_study(sc: SCImage, source: Dataset) -> None:
 
 
 def _copy_anatomy(sc: SCImage, source: Dataset) -> None:
-    """Body part, laterality and orientation as the source states them (never invented)."""
+    """Body part, laterality and orientation as the source states them.
+
+    Laterality (Type 2C, required only for a paired body part) is copied when the
+    source says R or L and is otherwise absent: a chest is unpaired, and an empty
+    value ("paired but unknown") draws a dciodvfy warning. A source without Body
+    Part Examined (the NIH files) leaves the Body Part Examined absent; the SC then
+    names its region in the Anatomic Region Sequence (SCT Chest), which is what the
+    node's gate took the image for, so that Laterality is not required either.
+    """
     body_part = source.get("BodyPartExamined")
     if body_part:
         sc.BodyPartExamined = body_part
+    elif "AnatomicRegionSequence" not in sc:
+        sc.AnatomicRegionSequence = [_code_item(codes.ANATOMIC_REGION_CHEST)]
     laterality = source.get("Laterality") or source.get("ImageLaterality")
     if laterality in ("R", "L"):
         sc.Laterality = laterality
-    elif not body_part and "Laterality" not in sc:
-        # Laterality is Type 2C, required when the body part may be paired. Without a
-        # Body Part Examined nobody can tell, so send it empty (= unknown).
-        sc.Laterality = ""
+    elif "Laterality" in sc:
+        del sc.Laterality
     orientation = source.get("PatientOrientation")
     if orientation is not None and not isinstance(orientation, str) and len(orientation) == 2:
         sc.PatientOrientation = list(orientation)

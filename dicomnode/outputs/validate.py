@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import io
 import logging
-import re
 from collections.abc import Iterable, Iterator
 
 from pydicom import config as pydicom_config
@@ -47,13 +46,13 @@ from pydicom.uid import (
 from pydicom.valuerep import validate_value
 
 from dicomnode.errors import OutputBuildError
+from dicomnode.uid import is_valid_uid
 
 __all__ = ["drop_invalid_elements", "validate_result"]
 
 logger = logging.getLogger(__name__)
 
 _SR_CLASSES = frozenset({ComprehensiveSRStorage, Comprehensive3DSRStorage, EnhancedSRStorage})
-_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _STRING_VRS = frozenset(
     {
         "AE",
@@ -232,7 +231,7 @@ def _check_present(ds: Dataset | DataElement, required: Iterable[tuple[str, str]
             problems.append(f"{keyword} (Type 1) is empty")
     for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
         value = ds.get(keyword)  # type: ignore[union-attr]
-        if value and (len(str(value)) > 64 or not _UID_RE.match(str(value))):
+        if value and not is_valid_uid(value):
             problems.append(f"{keyword} {value!r} is not a valid UID")
     return problems
 

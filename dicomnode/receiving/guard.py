@@ -25,6 +25,8 @@ unknown PDU type (garbage, HTTP, TLS to     A-ABORT (unrecognised PDU), closed
   the plain port)
 data set / command larger than the limit    A-ABORT, closed; nothing stored
 PDU started then silence                    closed after ``network_timeout_s``
+A-ASSOCIATE-RQ not complete (nothing, part  closed ``acse_timeout_s`` after the
+  of it, then silence)                      connection was accepted
 connection with no A-ASSOCIATE-RQ           closed after ``acse_timeout_s``; never
                                             counts against ``max_associations``;
                                             the oldest such one is closed when more
@@ -60,6 +62,8 @@ from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import A_P_ABORT
 from pynetdicom.transport import AssociationSocket, RequestHandler
+
+from dicomnode.receiving.commands import CheckedDIMSEProvider
 
 if TYPE_CHECKING:
     from pynetdicom.association import Association
@@ -231,7 +235,8 @@ class GuardedSocket(AssociationSocket):
     by ``recv(length)``. Here the header is checked first: a length over the limit
     or an unknown type answers A-ABORT and closes the connection without reading
     the body; the DUL then sees a short read, i.e. the connection closed. Every
-    read of a started PDU must complete within ``network_timeout_s``. The data
+    read of a started PDU must complete within ``network_timeout_s``, and the first
+    PDU (the A-ASSOCIATE-RQ) within ``acse_timeout_s`` of ``accepted_at``. The data
     fragments of P-DATA-TF PDUs are counted per message against
     ``max_dataset_bytes``.
 
@@ -240,14 +245,24 @@ class GuardedSocket(AssociationSocket):
         client_socket: the accepted (possibly TLS-wrapped) socket.
         limits: the node's connection limits.
         peer: ``host:port`` of the peer, for logs.
+        accepted_at: ``time.monotonic()`` when the connection was accepted (default: now).
     """
 
     def __init__(
-        self, assoc: Association, client_socket: socket.socket, limits: ConnectionLimits, peer: str
+        self,
+        assoc: Association,
+        client_socket: socket.socket,
+        limits: ConnectionLimits,
+        peer: str,
+        accepted_at: float | None = None,
     ) -> None:
         super().__init__(assoc, client_socket=client_socket)
         self._limits = limits
         self._peer = peer
+        #: Deadline (monotonic s) of the first complete PDU; None once one arrived.
+        self._first_pdu_deadline: float | None = (
+            time.monotonic() if accepted_at is None else accepted_at
+        ) + limits.acse_timeout_s
         self._body: tuple[int, int] | None = None
         self._command_bytes = 0
         self._dataset_bytes = 0
@@ -274,6 +289,7 @@ class GuardedSocket(AssociationSocket):
         data = self._read(nr_bytes)
         if len(data) != nr_bytes:
             return data
+        self._first_pdu_deadline = None  # a whole PDU arrived: network_timeout_s from now on
         if pdu_type == _P_DATA_TF and not self._count_fragments(data):
             return bytearray()
         return data
@@ -347,6 +363,9 @@ class GuardedSocket(AssociationSocket):
             return data
         timeout = self._limits.network_timeout_s
         deadline = time.monotonic() + timeout
+        first = self._first_pdu_deadline
+        if first is not None and first < deadline:
+            deadline = first
         try:
             while len(data) < nr_bytes:
                 remaining = deadline - time.monotonic()
@@ -358,7 +377,12 @@ class GuardedSocket(AssociationSocket):
                     break
                 data.extend(chunk)
         except (TimeoutError, ssl.SSLError, OSError) as exc:
-            if isinstance(exc, TimeoutError):
+            if isinstance(exc, TimeoutError) and first is not None and deadline == first:
+                logger.warning(
+                    "closing %s: no complete A-ASSOCIATE-RQ within acse_timeout_s (%.0f s; %d of %d bytes)",
+                    self._peer, self._limits.acse_timeout_s, len(data), nr_bytes,
+                )  # fmt: skip
+            elif isinstance(exc, TimeoutError):
                 logger.warning(
                     "closing %s: %d of %d bytes of a PDU arrived within %.0f s",
                     self._peer, len(data), nr_bytes, timeout,
@@ -417,6 +441,7 @@ class NodeRequestHandler(RequestHandler):
 
     def handle(self) -> None:
         """Handshake (TLS), then start the association's threads."""
+        accepted_at = time.monotonic()
         limits: ConnectionLimits = self.server.limits
         pending: PendingConnections = self.server.pending
         key = id(self.request)
@@ -442,24 +467,35 @@ class NodeRequestHandler(RequestHandler):
             self.request = wrapped
             logger.info("TLS peer %s: %s (%s)", peer, _subject(wrapped), wrapped.version())
         self.request.settimeout(limits.network_timeout_s)
-        assoc = self._create_association()
+        assoc = self._create_association(accepted_at)
         assoc._dicomnode_pending_key = key  # type: ignore[attr-defined]
         if not pending.update(key, assoc=assoc):
             end_unrequested(assoc)  # evicted while we set up: let it end at once
         evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
         assoc.start()
 
-    def _create_association(self) -> Association:
+    def _create_association(self, accepted_at: float) -> Association:  # type: ignore[override]
         """pynetdicom's acceptor setup (``RequestHandler._create_association``) with a
-        :class:`GuardedSocket` in place of the plain ``AssociationSocket``."""
+        :class:`GuardedSocket` in place of the plain ``AssociationSocket``.
+
+        Args:
+            accepted_at: ``time.monotonic()`` when the connection was accepted.
+        """
         from pynetdicom.association import Association
 
         assoc = Association(self.ae, MODE_ACCEPTOR)
+        assoc.dimse = CheckedDIMSEProvider(assoc)  # bad command UIDs answered, not aborted
         assoc._server = self.server
         timestamp = datetime.strftime(datetime.now(), "%Y%m%d%H%M%S")
         assoc.name = f"AcceptorThread@{timestamp}"
         assoc.set_socket(
-            GuardedSocket(assoc, self.request, self.server.limits, peer_name(self.client_address))
+            GuardedSocket(
+                assoc,
+                self.request,
+                self.server.limits,
+                peer_name(self.client_address),
+                accepted_at,
+            )
         )
         assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
         assoc.acceptor.ae_title = self.server.ae_title

@@ -29,7 +29,9 @@ calling AE title, never patient data.
 Duplicates (same SOP Instance UID): the first recorded copy wins, always. A
 repeat with the same data set bytes is logged at INFO; one whose bytes differ
 (other pixels, other header, or only another transfer syntax) is logged at
-WARNING with both sizes and counted in :class:`ReceiveCounters`; neither changes
+WARNING with both sizes; both kinds are counted in :class:`ReceiveCounters` (this
+process) and in the data folder's ``duplicates.json`` (all receivers, shown by
+``dicomnode status`` with the time of the last one); neither changes
 the stored file, the database or the results. Check-write-record runs under a
 per-UID lock that holds across processes (``flock`` on ``<data_dir>/locks``), so
 two receivers sharing a data folder cannot both store one UID, and the file is
@@ -72,11 +74,11 @@ from dicomnode.receiving.validation import (
     Verdict,
     check_structure,
     classify,
-    is_valid_uid,
     safe_text,
 )
-from dicomnode.store import queue
+from dicomnode.store import duplicates, queue
 from dicomnode.store.files import FileStore
+from dicomnode.uid import is_valid_uid
 
 if TYPE_CHECKING:
     from pynetdicom.events import Event
@@ -430,7 +432,14 @@ def _log_duplicate(
         stored = _dataset_part(path.read_bytes())
     except OSError:
         stored = None
-    if stored == incoming:
+    conflicting = stored != incoming
+    try:
+        duplicates.count_duplicate(
+            context.files.data_dir, conflicting=conflicting, now=context.clock()
+        )
+    except OSError as exc:  # the counts are a report; the store itself succeeded
+        logger.error("cannot count the duplicate %s: %s", uid, type(exc).__name__)
+    if not conflicting:
         total = context.counters.count(conflicting=False)
         logger.info(
             "duplicate %s from %s: identical to the stored copy, kept the first (%d since start)",

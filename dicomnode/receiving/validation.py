@@ -75,10 +75,8 @@ STATUS_OUT_OF_RESOURCES: Final = 0xA700
 
 MIN_SIDE: Final = 64
 MAX_SIDE: Final = 16384
-MAX_UID_LENGTH: Final = 64
 MAX_SEQUENCE_DEPTH: Final = 32
 
-_UID_PATTERN: Final = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 _CHEST_WORDS: Final = frozenset(
     {"CHEST", "THORAX", "THORACIC", "LUNG", "LUNGS", "TORAX", "THORAKS", "PECHO"}
 )
@@ -125,19 +123,6 @@ class Skip:
 
 
 Verdict = Accept | Skip
-
-
-def is_valid_uid(value: object) -> bool:
-    """True for a single UID string of at most 64 characters matching PS3.5 9.1.
-
-    Stricter than ``pydicom.uid.UID.is_valid``, whose ``re.match(...$)`` lets a
-    trailing newline through.
-    """
-    return (
-        isinstance(value, str)
-        and 0 < len(value) <= MAX_UID_LENGTH
-        and _UID_PATTERN.fullmatch(value) is not None
-    )
 
 
 def safe_text(value: object, limit: int = 16) -> str:

@@ -16,6 +16,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from dicomnode.domain import InstanceState, JobState, OutboxState, ResultKind
+from dicomnode.phi import redact
 from dicomnode.store.models import Instance, Job, Result, Study
 
 #: Jobs that may still take new instances of their study.
@@ -77,6 +78,9 @@ class StatusSummary:
     pending_sends: list[dict[str, object]] = field(default_factory=list)
     recent_failures: list[dict[str, object]] = field(default_factory=list)
     recent_skips: list[dict[str, object]] = field(default_factory=list)
+    #: Repeated SOP Instance UIDs (``store.duplicates.DuplicateCounts`` as a dict), filled
+    #: by the CLI from the data folder.
+    duplicates: dict[str, object] = field(default_factory=dict)
 
 
 def instance_exists(session: Session, sop_instance_uid: str) -> bool:
@@ -449,7 +453,11 @@ def _counts(session: Session, column: object) -> dict[str, int]:
 
 
 def status_summary(session: Session, *, recent: int = 10) -> StatusSummary:
-    """Counts per state, the pending outbox with reasons, recent failures and skips."""
+    """Counts per state, the pending outbox with reasons, recent failures and skips.
+
+    Stored error texts and skip reasons may embed a library's exception message, which
+    can quote a header value: they are shown through :func:`dicomnode.phi.redact`.
+    """
     pending = session.scalars(
         select(Result).where(Result.state == OutboxState.PENDING).order_by(Result.id).limit(recent)
     ).all()
@@ -463,11 +471,11 @@ def status_summary(session: Session, *, recent: int = 10) -> StatusSummary:
         select(Instance).where(Instance.state == InstanceState.SKIPPED).order_by(Instance.received_at.desc()).limit(recent)
     ).all()
     failures: list[dict[str, object]] = [
-        {"what": "job", "job_id": j.id, "study_instance_uid": j.study_instance_uid, "attempts": j.attempts, "error": j.last_error}
+        {"what": "job", "job_id": j.id, "study_instance_uid": j.study_instance_uid, "attempts": j.attempts, "error": _shown(j.last_error)}
         for j in failed_jobs
     ]
     failures += [
-        {"what": "send", "job_id": r.job_id, "sop_instance_uid": r.sop_instance_uid, "attempts": r.attempts, "error": r.last_error}
+        {"what": "send", "job_id": r.job_id, "sop_instance_uid": r.sop_instance_uid, "attempts": r.attempts, "error": _shown(r.last_error)}
         for r in failed_results
     ]
     return StatusSummary(
@@ -481,13 +489,18 @@ def status_summary(session: Session, *, recent: int = 10) -> StatusSummary:
                 "sop_instance_uid": r.sop_instance_uid,
                 "attempts": r.attempts,
                 "next_attempt_at": r.next_attempt_at.isoformat(timespec="seconds"),
-                "last_error": r.last_error,
+                "last_error": _shown(r.last_error),
             }
             for r in pending
         ],
         recent_failures=failures,
         recent_skips=[
-            {"sop_instance_uid": i.sop_instance_uid, "study_instance_uid": i.study_instance_uid, "reason": i.skip_reason}
+            {"sop_instance_uid": i.sop_instance_uid, "study_instance_uid": i.study_instance_uid, "reason": _shown(i.skip_reason)}
             for i in skipped
         ],
     )
+
+
+def _shown(text: str | None) -> str | None:
+    """A stored error text or reason as ``dicomnode status`` may show it (quoted parts withheld)."""
+    return None if text is None else redact(text)

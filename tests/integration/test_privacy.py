@@ -10,6 +10,7 @@ searched for the markers: zero hits.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ from pydicom.uid import JPEG2000Lossless, generate_uid
 from pynetdicom import AE
 
 from tests.helpers import REPO_ROOT, dcmtk, free_port, make_cxr_dataset, make_tiny_model
-from tests.integration.peers import run_storescp, start_node, wait_until
+from tests.integration.peers import run_storescp, start_node, storescu, wait_until
 from tests.integration.tlscerts import make_certificates, storescu_tls_args
 from tests.unit.receiving import corpus
 
@@ -138,6 +139,86 @@ def test_no_patient_data_in_any_log(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert "DEBUG" in log and processed.SOPInstanceUID in log  # the log is real and detailed
     assert "cannot decode" in log and "DIFFERENT content" in log
     for text, where in ((log, "node log"), (status.stdout + status.stderr, "dicomnode status")):
+        lowered = text.lower()
+        hits = [needle for needle in NEEDLES if needle in lowered]
+        assert hits == [], f"patient data in the {where}: {hits}"
+
+
+#: Values that make libraries talk: highdicom warns 'The string "<name>" is unlikely to
+#: represent the intended person name' for single-component names (a word, a UUID, a
+#: ward), quoting the name (issue 15).
+SINGLE_WORD = {
+    "PatientName": "Phimarkcovid0000",
+    "ReferringPhysicianName": "Phimarkward",
+    "PatientID": "PHIMARKSWID",
+    "PatientBirthDate": "19020304",
+    "InstitutionName": "Phimark Institution",
+    "OtherPatientNames": "Phimarkalias",
+    "OperatorsName": "Phimarkoperator",
+    "AccessionNumber": "PHIMARKSWACC",
+}
+
+
+def _single_word_files(folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for seed, patient_name in ((11, None), (12, "phimark0e6f1c2a-5b7d-4e8f-9a10-b2c3d4e5f6a7")):
+        ds = make_cxr_dataset(seed=seed)
+        for keyword, value in SINGLE_WORD.items():
+            setattr(ds, keyword, value)
+        if patient_name is not None:
+            ds.PatientName = patient_name  # a UUID as the name
+        path = folder / f"single{seed}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def _status(data_dir: Path, extra: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dicomnode", "status", "--data-dir", str(data_dir), *extra],
+        capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, check=False,
+    )  # fmt: skip
+
+
+def test_single_word_names_stay_out_of_logs_and_cli_output(tmp_path: Path) -> None:
+    """serve (fed by DCMTK storescu), status (text and JSON) and predict, at DEBUG: the
+    names libraries warn about, IDs, birth dates and institutions appear nowhere."""
+    model = make_tiny_model(tmp_path / "model")
+    files = _single_word_files(tmp_path / "in")
+    with run_storescp(tmp_path / "pacs") as pacs:
+        node = start_node(
+            tmp_path / "node",
+            ["--destination", pacs.spec, "--model", str(model), "--stable-after", "1", "--interval", "1",
+             "--log-level", "DEBUG"],
+        )  # fmt: skip
+        try:
+            sent = storescu(node.port, files)
+            assert sent.returncode == 0, sent.stdout + sent.stderr
+            wait_until(lambda: len(pacs.files()) >= 4, 120, "SC + SR of both studies")
+            outputs = [_status(tmp_path / "node", extra) for extra in ([], ["--json"])]
+        finally:
+            assert node.stop() == 0
+        results = [pydicom.dcmread(p, stop_before_pixels=True) for p in pacs.files()]
+    predict = subprocess.run(
+        [sys.executable, "-m", "dicomnode", "predict", *map(str, files), "--out", str(tmp_path / "out"),
+         "--model", str(model)],
+        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT, check=False,
+        env=dict(os.environ, DICOMNODE_LOG_LEVEL="DEBUG"),
+    )  # fmt: skip
+    assert predict.returncode == 0, predict.stderr[-2000:]
+    assert len(list((tmp_path / "out").rglob("*.dcm"))) >= 4
+    # The markers were live: the results carry them, and the library did warn.
+    assert any(str(ds.PatientName) == SINGLE_WORD["PatientName"] for ds in results)
+    log = node.log.read_text(errors="replace")
+    assert "DEBUG" in log and "UserWarning" in log
+    texts = {
+        "node log": log,
+        "dicomnode status": outputs[0].stdout + outputs[0].stderr,
+        "dicomnode status --json": outputs[1].stdout + outputs[1].stderr,
+        "dicomnode predict": predict.stdout + predict.stderr,
+    }
+    for where, text in texts.items():
         lowered = text.lower()
         hits = [needle for needle in NEEDLES if needle in lowered]
         assert hits == [], f"patient data in the {where}: {hits}"

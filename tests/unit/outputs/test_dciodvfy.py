@@ -3,8 +3,7 @@
 Sources: synthetic DX/CR/SC datasets (MONOCHROME1/2, 8/12/16 bit) and each real DICOM
 file in ../shared/data/dicom, read header-only as the pipeline does. Warnings are
 allowed; the ones that remain come from the senders' own values (retired person-name
-forms, unknown Body Part terms, missing Study ID/Date for DICOMDIR), from an unknown
-Laterality sent empty when the source has no Body Part Examined, and from the private
+forms, unknown Body Part terms, missing Study ID/Date for DICOMDIR) and from the private
 99DCMNODE coding scheme (declared in the SR's Coding Scheme Identification Sequence).
 """
 
@@ -91,7 +90,6 @@ ALLOWED_WARNINGS = (
     re.compile(
         r"Unrecognized defined term <99DCMNODE> for value 1 of attribute <Coding Scheme Designator>"
     ),
-    re.compile(r"only permitted to be empty when actually unknown.*attribute <Laterality>"),
 )
 
 

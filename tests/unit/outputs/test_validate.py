@@ -206,3 +206,14 @@ def test_drop_invalid_elements_only_drops_invalid_ones() -> None:
     assert "PatientAge" not in ds
     assert ds.StudyDescription == "CHEST PA"
     assert ds.SeriesNumber == 12
+
+
+def test_uid_with_a_trailing_newline_is_refused(heatmap: Dataset) -> None:
+    """``re.match`` with ``^...$`` accepts "1.2.3\\n" (issue 15); the gate uses the package's
+    one validator, ``dicomnode.uid.is_valid_uid``. pydicom's ``UID`` strips whitespace
+    when a value is set, so the raw value is planted behind the element here, as a
+    builder bypassing pydicom's conversion would leave it."""
+    broken = copy.deepcopy(heatmap)
+    broken["SeriesInstanceUID"]._value = "1.2.3\n"
+    with pytest.raises(OutputBuildError, match="SeriesInstanceUID .* is not a valid UID"):
+        validate_result(broken)

@@ -16,7 +16,7 @@ from io import BytesIO
 from pydicom.dataset import Dataset
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.dsutils import encode
+from pynetdicom.dsutils import decode, encode
 from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_RQ, A_RELEASE_RQ, P_DATA_TF
 from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
@@ -77,9 +77,22 @@ def release_pdu() -> bytes:
 
 
 def c_store_pdus(
-    ds: Dataset, *, context_id: int = 1, max_pdu: int = 16384, message_id: int = 1
+    ds: Dataset,
+    *,
+    context_id: int = 1,
+    max_pdu: int = 16384,
+    message_id: int = 1,
+    affected_sop_instance_uid: str | None = None,
 ) -> list[bytes]:
-    """The P-DATA-TF PDUs of one C-STORE-RQ of ``ds`` (explicit VR little endian), in order."""
+    """The P-DATA-TF PDUs of one C-STORE-RQ of ``ds`` (explicit VR little endian), in order.
+
+    Args:
+        affected_sop_instance_uid: the command's Affected SOP Instance UID, written by
+            hand without any check (pynetdicom refuses to encode one over 64
+            characters); default: the data set's, through pynetdicom.
+    """
+    if affected_sop_instance_uid is not None:
+        return _hand_built_c_store(ds, context_id, max_pdu, message_id, affected_sop_instance_uid)
     request = C_STORE()
     request.MessageID = message_id
     request.Priority = 2
@@ -96,6 +109,52 @@ def c_store_pdus(
         pdu.from_primitive(primitive)
         pdus.append(bytes(pdu.encode()))
     return pdus
+
+
+def _hand_built_c_store(
+    ds: Dataset, context_id: int, max_pdu: int, message_id: int, instance_uid: str
+) -> list[bytes]:
+    """A C-STORE-RQ whose command set is encoded element by element (implicit VR LE)."""
+
+    def element(element: int, value: bytes) -> bytes:
+        return struct.pack("<HHL", 0x0000, element, len(value)) + value
+
+    def ui(value: str) -> bytes:
+        raw = value.encode("ascii")
+        return raw + b"\x00" * (len(raw) % 2)
+
+    body = b"".join(
+        (
+            element(0x0002, ui(str(ds.SOPClassUID))),
+            element(0x0100, struct.pack("<H", 0x0001)),  # C-STORE-RQ
+            element(0x0110, struct.pack("<H", message_id)),
+            element(0x0700, struct.pack("<H", 2)),  # priority low
+            element(0x0800, struct.pack("<H", 0x0000)),  # a data set follows
+            element(0x1000, ui(instance_uid)),
+        )
+    )
+    command = element(0x0000, struct.pack("<L", len(body))) + body
+    payload = encode(ds, False, True)
+    assert payload is not None
+    fragment = max_pdu - 6  # PDV item header (4 + 2) inside the PDU body
+    pdus = []
+    for is_command, data in ((True, command), (False, payload)):
+        pieces = list(chunks(data, fragment))
+        for index, piece in enumerate(pieces):
+            control = (0x01 if is_command else 0x00) | (0x02 if index == len(pieces) - 1 else 0x00)
+            item = struct.pack(">LBB", len(piece) + 2, context_id, control) + piece
+            pdus.append(struct.pack(">BBL", P_DATA_TYPE, 0, len(item)) + item)
+    return pdus
+
+
+def response_status(pdu: Pdu) -> int:
+    """The Status of a DIMSE response carried whole in one P-DATA-TF PDU."""
+    assert pdu.type == P_DATA_TYPE, pdu
+    (item_length,) = struct.unpack_from(">L", pdu.body, 0)
+    control = pdu.body[5]
+    assert control == 0x03, "expected a complete command fragment"
+    command = decode(BytesIO(pdu.body[6 : 4 + item_length]), True, True)
+    return int(command.Status)
 
 
 @dataclass(frozen=True)

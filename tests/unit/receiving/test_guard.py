@@ -31,7 +31,7 @@ from dicomnode.receiving.guard import (
 )
 from dicomnode.receiving.handlers import ReceiveContext
 from dicomnode.receiving.scp import stop_scp
-from dicomnode.receiving.validation import STATUS_DATASET_TOO_LARGE
+from dicomnode.receiving.validation import STATUS_DATASET_TOO_LARGE, STATUS_INVALID_UID
 from dicomnode.store.models import Instance
 from tests.helpers import DX_PRESENTATION_STORAGE, make_cxr_dataset
 from tests.unit.receiving import rawpeer
@@ -160,6 +160,25 @@ def test_half_sent_pdu_is_closed_after_the_network_timeout(
         sock.sendall(partial)
         took = rawpeer.wait_closed(sock, TIMEOUT_S + SLACK_S)
     assert took >= TIMEOUT_S * 0.9
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sent", [20, 6, 0], ids=["20-bytes", "header-only", "nothing"])
+def test_stalled_association_request_is_closed_after_the_acse_timeout(
+    receive_context: ReceiveContext, sent: int
+) -> None:
+    """The A-ASSOCIATE-RQ must be complete within ``acse_timeout_s`` of connecting,
+    however much of it arrived (issue 15: 20 bytes then silence held the connection
+    for the 60 s network timeout). Network timeout long here, so only the ACSE one can
+    close it within the bound."""
+    running = run_scp(receive_context, acse_timeout_s=TIMEOUT_S, network_timeout_s=60)
+    try:
+        with rawpeer.connect(running.port) as sock:
+            sock.sendall(rawpeer.associate_rq()[:sent])
+            rawpeer.wait_closed(sock, TIMEOUT_S + SLACK_S)  # raises TimeoutError if still open
+        _still_serves(running.port)
+    finally:
+        stop_scp(running.server, grace_s=1)
 
 
 @pytest.mark.slow
@@ -324,6 +343,37 @@ def test_corrupt_deflate_stream_is_cannot_understand(
     assoc.release()
     assert 0xC000 <= status <= 0xCFFF
     assert _instances(store_engine) == []
+
+
+def test_overlong_affected_sop_instance_uid_is_refused_on_the_open_association(
+    fast_scp: RunningScp, store_engine: Engine, data_dir: Path
+) -> None:
+    """A C-STORE whose SOP Instance UID is 350 characters (command and data set) gets
+    0xC221 on the same association, which then stores a valid instance (issue 15:
+    pynetdicom could not decode the command and aborted)."""
+    overlong = "1.2." + "3" * 346
+    bad = make_cxr_dataset(seed=1)
+    with pytest.MonkeyPatch.context() as patch:  # an invalid value on purpose
+        patch.setattr(pydicom.config.settings, "writing_validation_mode", pydicom.config.IGNORE)
+        bad.SOPInstanceUID = overlong
+        first = rawpeer.c_store_pdus(bad, affected_sop_instance_uid=overlong, message_id=1)
+    good = make_cxr_dataset(seed=2)
+    second = rawpeer.c_store_pdus(good, message_id=2)
+    with rawpeer.open_association(
+        fast_scp.port, [(DX_PRESENTATION_STORAGE, [ExplicitVRLittleEndian])]
+    ) as sock:
+        sock.sendall(b"".join(first))
+        answer = rawpeer.read_pdu(sock, SLACK_S)
+        assert answer is not None, "connection closed instead of a C-STORE-RSP"
+        assert rawpeer.response_status(answer) == STATUS_INVALID_UID
+        sock.sendall(b"".join(second))
+        answer = rawpeer.read_pdu(sock, SLACK_S)
+        assert answer is not None and rawpeer.response_status(answer) == 0x0000
+        sock.sendall(rawpeer.release_pdu())
+        answer = rawpeer.read_pdu(sock, SLACK_S)
+        assert answer is not None and answer.type == rawpeer.A_RELEASE_RP_TYPE
+    assert [row.sop_instance_uid for row in _instances(store_engine)] == [good.SOPInstanceUID]
+    assert len(_incoming(data_dir)) == 1
 
 
 @pytest.mark.parametrize("ending", ["a-abort", "tcp-close"])

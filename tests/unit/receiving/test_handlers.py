@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import socket
@@ -355,6 +356,18 @@ def test_duplicates_are_counted_and_conflicts_logged(
     [path] = _files(data_dir)
     assert pydicom.dcmread(path).PixelData == first.PixelData  # the first copy won
     assert len(_instances(store_engine)) == 1
+    # ... and counted where `dicomnode status` reads them (issue 15), text and JSON.
+    from typer.testing import CliRunner
+
+    from dicomnode.cli import app
+
+    text = CliRunner().invoke(app, ["status", "--data-dir", str(data_dir)])
+    assert text.exit_code == 0, text.output
+    assert "duplicates: 1 identical, 2 with DIFFERENT content (last " in text.output
+    as_json = CliRunner().invoke(app, ["status", "--data-dir", str(data_dir), "--json"])
+    duplicates = json.loads(as_json.output.strip().splitlines()[-1])["duplicates"]
+    assert duplicates["identical"] == 1 and duplicates["conflicting"] == 2
+    assert duplicates["last_conflicting_at"] >= duplicates["last_identical_at"]
 
 
 def test_unrecorded_file_left_by_a_crash_is_replaced(

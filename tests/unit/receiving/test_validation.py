@@ -8,7 +8,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
 from pynetdicom.dsutils import decode, encode
 
 from dicomnode.errors import RejectedInstance
@@ -19,7 +19,6 @@ from dicomnode.receiving.validation import (
     Skip,
     check_structure,
     classify,
-    is_valid_uid,
 )
 from tests.helpers import (
     CR_IMAGE_STORAGE,
@@ -197,18 +196,3 @@ def test_undecodable_element_is_rejected() -> None:
     assert info.value.status == STATUS_CANNOT_UNDERSTAND
 
 
-@pytest.mark.parametrize(
-    ("value", "valid"),
-    [
-        ("1.2.840.10008.5.1.4.1.1.1", True),
-        (generate_uid(), True),
-        ("1.2.3\n", False),
-        ("1.2.03", False),
-        ("../../etc/passwd", False),
-        ("1." + "1" * 63, False),
-        ("", False),
-        (["1.2", "1.3"], False),
-    ],
-)
-def test_is_valid_uid(value: object, valid: bool) -> None:
-    assert is_valid_uid(value) is valid

@@ -1,0 +1,123 @@
+"""DIMSE command sets pynetdicom cannot turn into a request: answered, not aborted.
+
+pynetdicom validates the UIDs of a received command set only when it converts the
+message to a primitive (``DIMSEMessage.message_to_primitive``); a C-STORE-RQ whose
+Affected SOP Instance UID is, say, 350 characters raises there and pynetdicom
+aborts the whole association (``Evt19``), so every instance the sender queued
+behind it fails too. :class:`CheckedDIMSEProvider` checks the UIDs of each complete
+C-STORE-RQ first and answers a bad one with ``0xC221`` (the status the C-STORE
+handler gives a data set UID that is not a UID) on the open association; the data
+set is dropped unread, nothing is stored, and the association carries on.
+
+Other commands are left to pynetdicom unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import TYPE_CHECKING, Any, Final
+
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_messages import DIMSEMessage
+from pynetdicom.dimse_primitives import C_STORE
+
+from dicomnode.receiving.validation import STATUS_INVALID_UID
+from dicomnode.uid import is_valid_uid
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+    from pynetdicom.association import Association
+    from pynetdicom.pdu_primitives import P_DATA
+
+logger = logging.getLogger(__name__)
+
+#: Command Field of a C-STORE-RQ (PS3.7 E.1).
+_C_STORE_RQ: Final = 0x0001
+
+
+class CheckedDIMSEProvider(DIMSEServiceProvider):
+    """pynetdicom's DIMSE provider, answering C-STORE-RQs with invalid command UIDs.
+
+    Installed on each acceptor association by ``guard.NodeRequestHandler``.
+    """
+
+    def receive_primitive(self, primitive: P_DATA) -> None:
+        """Feed one P-DATA primitive to the message being received (pynetdicom's
+        method, with a message whose decoding vets a complete C-STORE-RQ first)."""
+        if self.message is None:
+            message = DIMSEMessage()
+            # An instance attribute: it survives pynetdicom switching the message's
+            # class to C_STORE_RQ etc. once the command set is decoded.
+            message.decode_msg = partial(_checked_decode, message, self)  # type: ignore[method-assign]
+            self.message = message
+        super().receive_primitive(primitive)
+
+
+def _checked_decode(
+    message: DIMSEMessage,
+    provider: DIMSEServiceProvider,
+    primitive: P_DATA,
+    assoc: Association | None = None,
+) -> bool:
+    """pynetdicom's ``decode_msg``; a complete C-STORE-RQ with an invalid Affected SOP
+    Instance or Class UID is answered here and reported as not complete, so pynetdicom
+    neither converts it (which would abort) nor queues it; the next P-DATA starts a
+    new message."""
+    if not type(message).decode_msg(message, primitive, assoc):
+        return False
+    problem = _command_uid_problem(message.command_set)
+    if problem is None:
+        return True
+    _refuse(message, provider.assoc, problem)
+    if message._data_set_file is not None:
+        message._data_set_file.close()
+    provider.message = None  # the data set is dropped unread
+    return False
+
+
+def _refuse(message: DIMSEMessage, assoc: Association, problem: str) -> None:
+    """Send the C-STORE-RSP with ``0xC221`` for ``message``."""
+    command = message.command_set
+    message_id = int(_value(command, "MessageID"))
+    logger.warning(
+        "refused C-STORE (message %d) from %s: 0x%04X %s",
+        message_id, _peer(assoc), STATUS_INVALID_UID, problem,
+    )  # fmt: skip
+    response = C_STORE()
+    response.MessageIDBeingRespondedTo = message_id
+    sop_class = _value(command, "AffectedSOPClassUID")
+    if is_valid_uid(sop_class):
+        response.AffectedSOPClassUID = sop_class
+    response.Status = STATUS_INVALID_UID
+    assoc.dimse.send_msg(response, int(message.context_id or 0))
+
+
+def _command_uid_problem(command: Dataset) -> str | None:
+    """Why a C-STORE-RQ command set cannot be served (None: fine, or not a C-STORE-RQ
+    with a usable Message ID, which pynetdicom handles as before)."""
+    if _value(command, "CommandField") != _C_STORE_RQ:
+        return None
+    if not isinstance(_value(command, "MessageID"), int):
+        return None
+    for keyword in ("AffectedSOPInstanceUID", "AffectedSOPClassUID"):
+        value = _value(command, keyword)
+        if not is_valid_uid(value):
+            length = len(value) if isinstance(value, str) else "none"
+            return f"command {keyword} is not a valid UID (length {length})"
+    return None
+
+
+def _value(command: Dataset, keyword: str) -> Any:
+    """A command element's value as received (None when absent or unreadable)."""
+    try:
+        return command.get(keyword)
+    except Exception:  # noqa: BLE001 - an unreadable value is just "unusable"
+        return None
+
+
+def _peer(assoc: Association) -> str:
+    try:
+        return f"{assoc.requestor.ae_title.strip()} at {assoc.requestor.address}:{assoc.requestor.port}"
+    except Exception:  # noqa: BLE001 - logging aid only
+        return "?"
