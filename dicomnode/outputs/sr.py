@@ -214,7 +214,12 @@ def build_findings_sr(
     library = [*(i.source for i in images), *heatmaps]
     report = _measurement_report(groups, library, identity, settings)
     report.ContentSequence.append(_study_conclusions(images, labels))
-    uses_private = True  # not-assessed reasons and the population concept are private codes
+    uses_private = any(
+        (image.prediction is not None and not all(codes.is_standard_label(l) for l in image.prediction.labels))
+        or image.population is not None  # the population concept is private
+        or image.not_assessed is not None  # so is the "not assessed, reason" concept
+        for image in images
+    )
 
     first = next(i.source for i in images if i.prediction is not None)
     evidence = [_evidence_header(first, first=True)] + [
