@@ -16,6 +16,7 @@ asserts nothing would only add a document a reader must open to learn that).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
+from dicomnode import __version__
 from dicomnode.config import OutputSettings
 from dicomnode.domain import (
     GateVerdict,
@@ -323,6 +325,8 @@ def build_study_outputs(
     # receives them twice replaces instead of duplicating), different content never
     # shares a UID.
     study_uid = str(entries[0].header.StudyInstanceUID if isinstance(entries[0], NotAssessedImage) else entries[0].image.header.StudyInstanceUID)
+    # Labelling settings and the software version shape every object too.
+    tag = f"dicomnode={__version__};outputs={hashlib.sha256(outputs.model_dump_json().encode()).hexdigest()[:16]}"
     sc_series_uid = derived_uid("heatmap-series", study_uid, identity.weights_sha256)
     sr_series_uid = derived_uid("findings-series", study_uid, identity.weights_sha256)
     findings: list[ImageFindings] = []
@@ -355,7 +359,7 @@ def build_study_outputs(
                     identity=identity,
                     sop_instance_uid=derived_uid(
                         "heatmap-sc", sc_series_uid, str(header.SOPInstanceUID), entry.prediction.labels[k],
-                        str(number), *legend,
+                        str(number), tag, *legend,
                     ),
                 )  # fmt: skip
                 built.append(BuiltObject(ResultKind.HEATMAP_SC, scs[k]))
@@ -367,7 +371,7 @@ def build_study_outputs(
             settings=outputs,
             identity=identity,
             predecessor=predecessor,
-            content_tag=f"explain={options.explain}",
+            content_tag=f"explain={options.explain};{tag}",
             instance_number=sr_instance_number,
         )
         built.append(BuiltObject(ResultKind.FINDINGS_SR, sr))
