@@ -243,10 +243,10 @@ def test_late_image_supersedes_the_earlier_report(tmp_path: Path, runner: ModelR
         return outcome.results
 
     a = record(make_cxr_dataset(study_uid=study, seed=1), T0)
-    b = record(make_cxr_dataset(study_uid=study, seed=2), T0)
+    b = record(make_cxr_dataset(study_uid=study, seed=2), T0 + timedelta(seconds=1))
     first = run(T0 + timedelta(seconds=5))
     c = record(make_cxr_dataset(study_uid=study, seed=3), T0 + timedelta(seconds=10))
-    d = record(make_cxr_dataset(study_uid=study, seed=4, BodyPartExamined="ABDOMEN"), T0 + timedelta(seconds=10),
+    d = record(make_cxr_dataset(study_uid=study, seed=4, BodyPartExamined="ABDOMEN"), T0 + timedelta(seconds=11),
                InstanceState.SKIPPED)  # fmt: skip
     second = run(T0 + timedelta(seconds=20))
 
