@@ -251,6 +251,11 @@ class ModelSettings(_Group):
     thresholds: dict[str, float] = Field(
         default_factory=dict, description="per-label overrides of the manifest thresholds"
     )
+    out_of_population: Literal["flag", "skip"] = Field(
+        default="flag",
+        description='images outside the manifest\'s intended population (age, view): "flag" = assess and '
+        'say so in the SR; "skip" = not assessed (reason out_of_population)',
+    )
 
     @field_validator("thresholds")
     @classmethod

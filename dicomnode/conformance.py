@@ -28,6 +28,7 @@ from pydicom.uid import UID
 
 from dicomnode import __version__
 from dicomnode.config import Settings
+from dicomnode.domain import NotAssessedReason
 
 if TYPE_CHECKING:
     from pynetdicom import AE
@@ -535,13 +536,27 @@ def _iod_contents(settings: Settings) -> list[Section]:
                         ("Root: CONTAINER Imaging Measurement Report (TID 1500) with Language, "
                         "Observer Context (Device observer: the model) and Procedure Reported."),
                         "Image Library (TID 1600): every source image and every heatmap.",
-                        ("Imaging Measurements: one Measurement Group (TID 1501) per image and label, with "
-                        "Tracking Identifier and UID, Finding, Algorithm Identification (TID 4019: name, "
-                        "version, parameters, family), NUM Certainty of Finding (the model's probability, "
-                        "0 to 1), NUM Threshold Value, a qualitative evaluation Present/Absent, the source "
-                        "image and, when made, the heatmap as best illustration of the finding."),
+                        ("Imaging Measurements: one Measurement Group (TID 1501) per image of the study, with "
+                        "Tracking Identifier and UID, Algorithm Identification (TID 4019: name, version, "
+                        "parameters, family) and the source image (no unqualified Finding row). An assessed "
+                        "image has per label a CODE <finding> = Present/Absent with NUM Probability (the "
+                        "model's probability, 0 to 1), NUM Threshold Value and, when made, the heatmap as "
+                        "best illustration of the finding; and, when the model declares an intended "
+                        "population, CODE Intended population = Within/Outside/Unknown with a Comment. An "
+                        "image not assessed has no finding, only CODE Not assessed reason (table below) "
+                        "with a Comment."),
+                        ("Qualitative Evaluations (study level): per finding Present (any assessed image "
+                        "positive) or Absent (all assessed images negative), with Threshold Value and a "
+                        "Comment. A study without an assessable image gets no SR (job SKIPPED)."),
+                        ("An image that arrives after a study's results were produced yields a new SR "
+                        "covering every image of the study, with the earlier SR in the Predecessor "
+                        "Documents Sequence."),
                     )
                 ),
+                Table(("Reason (NotAssessedReason)", "Code Value", "Coding Scheme", "Code Meaning"),
+                      tuple((reason.value, str(c.value), str(c.scheme_designator), str(c.meaning))
+                            for reason in NotAssessedReason for c in (codes.not_assessed_code(reason),)),
+                      caption="Reasons an image is not assessed"),
                 Table(("Constant (dicomnode.outputs.codes)", "Code Value", "Coding Scheme", "Code Meaning"),
                       _code_rows(concepts), caption="Coded concepts written by the node"),
                 ("Concept names that the templates themselves define (Finding, Tracking Identifier, "

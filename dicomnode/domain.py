@@ -133,3 +133,26 @@ class GateVerdict:
     def accepted(cls) -> GateVerdict:
         """The verdict of a model without a gate: everything is assessable."""
         return cls(assessable=True)
+
+
+class PopulationStatus(StrEnum):
+    """Whether an image's header places it in the model's intended population."""
+
+    WITHIN = "within"
+    OUTSIDE = "outside"
+    UNKNOWN = "unknown"
+    """The header lacks (or has an unreadable) PatientAge or ViewPosition: not "outside"."""
+
+
+@dataclass(frozen=True)
+class PopulationCheck:
+    """An image compared with the model's intended population (header only).
+
+    Attributes:
+        status: within, outside or unknown.
+        detail: one human-readable line (no PHI), e.g.
+            ``"age 45 years outside intended 1-5 years"``; empty when within.
+    """
+
+    status: PopulationStatus
+    detail: str = ""

@@ -120,6 +120,7 @@ class Node:
                 outputs=self.settings.outputs,
                 model_batch_size=self.settings.model.batch_size,
                 explain=self.settings.model.explain,
+                out_of_population=self.settings.model.out_of_population,
             )
             self.worker = NodeWorker(
                 self.sessions,

@@ -5,10 +5,18 @@ jobs and returns one :class:`JobOutcome` per job; the scheduler records them.
 ``dicomnode predict`` runs the same stages on files (:func:`analyse_files`).
 Images of all claimed studies share model batches; one study's failure never
 stops the others.
+
+What the pipeline asserts: an image gets findings only when the input gate's verdict
+says it is assessable (and, with ``model.out_of_population = "skip"``, when its header
+is not outside the model's intended population). Every other image of the study is
+listed in the SR as not assessed, with a coded reason. A study with no assessable image
+gets no SR at all: the job is SKIPPED and ``dicomnode status`` shows why (an SR that
+asserts nothing would only add a document a reader must open to learn that).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,18 +27,28 @@ import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
+from dicomnode import __version__
 from dicomnode.config import OutputSettings
-from dicomnode.domain import Prediction, ResultKind
+from dicomnode.domain import (
+    GateVerdict,
+    NotAssessedReason,
+    PopulationCheck,
+    PopulationStatus,
+    Prediction,
+    ResultKind,
+)
 from dicomnode.errors import DicomNodeError, InferenceError, OutputBuildError
 from dicomnode.store.files import FileStore
-from dicomnode.store.queue import ClaimedJob, NewResult
+from dicomnode.store.queue import ClaimedJob, NewResult, RefusedInstance, skip_reason_text
 
 if TYPE_CHECKING:
     from dicomnode.inference.runner import ModelRunner
+    from dicomnode.outputs.sr import PriorReport
 
 logger = logging.getLogger(__name__)
 
 ExplainMode = Literal["all", "positive"]
+OutOfPopulation = Literal["flag", "skip"]
 
 
 @dataclass
@@ -52,11 +70,46 @@ class PreparedImage:
 
 @dataclass
 class ImageAnalysis:
-    """An image with its prediction and optional heatmap ((S, S) float32 in [0, 1])."""
+    """An image with what the model says about it.
+
+    Attributes:
+        image: the prepared image.
+        prediction: probabilities of every label (computed even when not assessable,
+            never reported then).
+        heatmaps: label index -> (S, S) float32 Grad-CAM in [0, 1]; empty when not assessable.
+        verdict: the input gate's verdict, with ``model.out_of_population = "skip"`` applied.
+        population: the image compared with the intended population; None when the
+            manifest declares none.
+    """
 
     image: PreparedImage
     prediction: Prediction
-    heatmap: np.ndarray | None
+    heatmaps: dict[int, np.ndarray]
+    verdict: GateVerdict
+    population: PopulationCheck | None = None
+
+    @property
+    def assessable(self) -> bool:
+        """True when findings may be asserted on this image."""
+        return self.verdict.assessable
+
+
+@dataclass
+class NotAssessedImage:
+    """An image of the study that has no finding, and why.
+
+    Attributes:
+        header: its header, or a ``sr.reference_dataset`` when the file cannot be read.
+        reason: why not assessed.
+        detail: one line, no PHI.
+    """
+
+    header: Dataset
+    reason: NotAssessedReason
+    detail: str
+
+
+StudyEntry = ImageAnalysis | NotAssessedImage
 
 
 @dataclass
@@ -78,14 +131,16 @@ class BuiltObject:
 class JobOutcome:
     """What happened to one claimed job.
 
-    Exactly one of ``results`` (success, possibly empty = nothing usable) or
-    ``error`` (failure to retry) is meaningful.
+    Exactly one of ``results`` (success; empty = nothing assessable, ``skip_reason`` says
+    why) or ``error`` (failure to retry) is meaningful. ``skipped``: SOP Instance UID ->
+    reason recorded on the instance (``queue.skip_reason_text`` form).
     """
 
     claim: ClaimedJob
     results: list[NewResult] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     error: str | None = None
+    skip_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +150,7 @@ class PipelineOptions:
     outputs: OutputSettings
     model_batch_size: int = 8
     explain: ExplainMode = "all"
+    out_of_population: OutOfPopulation = "flag"
 
 
 def prepare_image(source: Dataset, runner: ModelRunner, max_side: int) -> PreparedImage:
@@ -127,26 +183,60 @@ def _downscale(gray: np.ndarray, max_side: int) -> np.ndarray:
 
 
 def analyse_images(images: Sequence[PreparedImage], runner: ModelRunner, options: PipelineOptions) -> list[ImageAnalysis]:
-    """Predict every image and explain the reported finding, in model batches.
+    """Predict, gate and explain every image, in model batches.
 
-    With ``options.explain == "positive"`` only images whose reported finding is
-    positive get a Grad-CAM heatmap.
+    Heatmaps (assessable images only): one per positive finding; with
+    ``options.explain == "all"`` also the reported (most probable) finding of an image
+    without a positive one, so every assessed image has one.
 
     Raises:
         InferenceError: the model or Grad-CAM failed for a batch.
     """
+    from dicomnode.inference.population import check_population
+
+    population = runner.manifest.intended_population
+    constrained = population.min_age_years is not None or population.max_age_years is not None or bool(population.view_positions)
     analyses: list[ImageAnalysis] = []
     size = options.model_batch_size
     for start in range(0, len(images), size):
         chunk = images[start : start + size]
         batch = np.stack([image.model_input for image in chunk]).astype(np.float32, copy=False)
-        # One forward pass gives the predictions and the Grad-CAM (backward through the
-        # head only) of every image to explain.
+        # One forward pass gives the predictions, the gate's verdicts and the Grad-CAM
+        # (backward through the head only) of the reported finding.
         result = runner.predict_and_explain(batch, positive_only=options.explain == "positive")
-        analyses.extend(
-            ImageAnalysis(img, pred, heat) for img, pred, heat in zip(chunk, result.predictions, result.heatmaps)
-        )
+        for image, prediction, heat, verdict in zip(chunk, result.predictions, result.heatmaps, result.verdicts):
+            check = check_population(image.header, population) if constrained else None
+            if verdict.assessable and check is not None and check.status == PopulationStatus.OUTSIDE and options.out_of_population == "skip":
+                verdict = GateVerdict(assessable=False, reason=NotAssessedReason.OUT_OF_POPULATION, detail=check.detail)
+            heatmaps = {prediction.top_index: heat} if heat is not None and verdict.assessable else {}
+            analyses.append(ImageAnalysis(image, prediction, heatmaps, verdict, check))
+    _explain_other_findings(analyses, runner, options)
     return analyses
+
+
+def _wanted_heatmaps(analysis: ImageAnalysis, explain: ExplainMode) -> set[int]:
+    prediction = analysis.prediction
+    wanted = {k for k in range(len(prediction.labels)) if prediction.is_positive(k)}
+    if explain == "all" and not wanted:
+        wanted.add(prediction.top_index)
+    return wanted
+
+
+def _explain_other_findings(analyses: Sequence[ImageAnalysis], runner: ModelRunner, options: PipelineOptions) -> None:
+    """Grad-CAM of the positive findings the combined pass did not explain (multi-label)."""
+    pairs = [
+        (analysis, k)
+        for analysis in analyses
+        if analysis.assessable
+        for k in sorted(_wanted_heatmaps(analysis, options.explain) - set(analysis.heatmaps))
+    ]
+    size = options.model_batch_size
+    for start in range(0, len(pairs), size):
+        chunk = pairs[start : start + size]
+        batch = np.stack([a.image.model_input for a, _ in chunk]).astype(np.float32, copy=False)
+        heatmaps = runner.explain(batch, [k for _, k in chunk])
+        for (analysis, k), heat in zip(chunk, heatmaps):
+            analysis.heatmaps[k] = heat
 
 
 def unpad_heatmap(heatmap: np.ndarray, image_shape: tuple[int, ...], resize: str) -> np.ndarray:
@@ -164,14 +254,19 @@ def unpad_heatmap(heatmap: np.ndarray, image_shape: tuple[int, ...], resize: str
     return heatmap[top : top + nh, left : left + nw]
 
 
-def legend_lines(prediction: Prediction, runner: ModelRunner) -> list[str]:
+def legend_lines(prediction: Prediction, runner: ModelRunner, label_index: int | None = None) -> list[str]:
     """Text burned into the heatmap SC: the finding, its probability and decision, what the
     colour means (or that none is shown), the model, the disclaimer.
 
     A positive decision gets the Grad-CAM overlay, a negative one none (see
     :func:`build_study_outputs`); the second line says which.
+
+    Args:
+        prediction: the image's prediction.
+        runner: the model (identity).
+        label_index: the explained label; None = the reported (most probable) one.
     """
-    i = prediction.top_index
+    i = prediction.top_index if label_index is None else label_index
     finding = prediction.labels[i].upper()
     positive = prediction.is_positive(i)
     identity = runner.identity
@@ -192,66 +287,108 @@ def legend_lines(prediction: Prediction, runner: ModelRunner) -> list[str]:
     ]
 
 
+def not_assessed_entry(analysis: ImageAnalysis) -> NotAssessedImage:
+    """The not-assessed form of an image the gate refused."""
+    verdict = analysis.verdict
+    return NotAssessedImage(
+        analysis.image.header,
+        verdict.reason or NotAssessedReason.NOT_CHEST_RADIOGRAPH,
+        verdict.detail or "refused by the input gate",
+    )
+
+
 def build_study_outputs(
-    analyses: Sequence[ImageAnalysis], runner: ModelRunner, outputs: OutputSettings
+    entries: Sequence[StudyEntry],
+    runner: ModelRunner,
+    options: PipelineOptions,
+    *,
+    predecessor: PriorReport | None = None,
+    sr_instance_number: int = 1,
 ) -> list[BuiltObject]:
-    """One heatmap SC per explained image and one findings SR for the study.
+    """Heatmap SCs of the assessed images and one findings SR covering every image of the study.
+
+    Args:
+        entries: every image of the study in report order: analysed images (assessable
+            or not) and images not assessed before the model (undecodable, header refused).
+        runner: the model.
+        options: pipeline options (labelling, explain mode).
+        predecessor: the study's earlier findings SR that this one supersedes.
+        sr_instance_number: Instance Number of the SR in its series.
+
+    Returns:
+        SCs then the SR; empty when no image is assessable (no SR without a finding).
 
     Raises:
         OutputBuildError: an object could not be built or failed validation.
     """
     from dicomnode.explain.render import render_overlay
     from dicomnode.outputs.sc import build_heatmap_sc
-    from dicomnode.outputs.sr import build_findings_sr
+    from dicomnode.outputs.sr import ImageFindings, build_findings_sr
     from dicomnode.outputs.uids import derived_uid
     from dicomnode.outputs.validate import validate_result
 
-    if not analyses:
+    if not any(isinstance(e, ImageAnalysis) and e.assessable for e in entries):
         return []
+    outputs = options.outputs
     identity = runner.identity
     built: list[BuiltObject] = []
-    # Series (and, in the builders, instance) UIDs derive from the study, the sources and the
-    # weights: re-running a job after a crash rewrites the same objects, and a PACS that
-    # receives them twice replaces instead of duplicating.
-    study_uid = str(analyses[0].image.header.StudyInstanceUID)
+    # Series UIDs derive from the study and the weights; instance UIDs from what each
+    # object shows: re-running a job after a crash rewrites the same objects (a PACS that
+    # receives them twice replaces instead of duplicating), different content never
+    # shares a UID.
+    study_uid = str(entries[0].header.StudyInstanceUID if isinstance(entries[0], NotAssessedImage) else entries[0].image.header.StudyInstanceUID)
+    # Labelling settings and the software version shape every object too.
+    tag = f"dicomnode={__version__};outputs={hashlib.sha256(outputs.model_dump_json().encode()).hexdigest()[:16]}"
     sc_series_uid = derived_uid("heatmap-series", study_uid, identity.weights_sha256)
     sr_series_uid = derived_uid("findings-series", study_uid, identity.weights_sha256)
-    heatmap_datasets: list[Dataset | None] = []
+    findings: list[ImageFindings] = []
+    number = 0
     try:
-        for number, analysis in enumerate(analyses, start=1):
-            if analysis.heatmap is None:
-                heatmap_datasets.append(None)
+        for entry in entries:
+            if isinstance(entry, ImageAnalysis) and not entry.assessable:
+                entry = not_assessed_entry(entry)
+            if isinstance(entry, NotAssessedImage):
+                findings.append(ImageFindings(entry.header, not_assessed=entry.reason, detail=entry.detail))
                 continue
-            # A negative decision gets no colour: a per-image normalised Grad-CAM always has a
-            # full-range map, which would read as "the finding is here".
-            prediction = analysis.prediction
-            overlay = render_overlay(
-                analysis.image.display,
-                unpad_heatmap(analysis.heatmap, analysis.image.display.shape, runner.manifest.preprocessing.resize)
-                if prediction.is_positive(prediction.top_index)
-                else None,
-                max_side=outputs.max_heatmap_side,
-                legend=legend_lines(analysis.prediction, runner),
-            )
-            sc = build_heatmap_sc(
-                analysis.image.header,
-                overlay,
-                series_instance_uid=sc_series_uid,
-                series_number=outputs.sc_series_number,
-                instance_number=number,
-                settings=outputs,
-                identity=identity,
-            )
-            heatmap_datasets.append(sc)
-            built.append(BuiltObject(ResultKind.HEATMAP_SC, sc))
+            header = entry.image.header
+            scs: dict[int, Dataset] = {}
+            for k, heat in sorted(entry.heatmaps.items()):
+                number += 1
+                legend = legend_lines(entry.prediction, runner, k)
+                # A negative decision gets no colour: a per-image normalised Grad-CAM always
+                # has a full-range map, which would read as "the finding is here".
+                overlay = render_overlay(
+                    entry.image.display,
+                    unpad_heatmap(heat, entry.image.display.shape, runner.manifest.preprocessing.resize)
+                    if entry.prediction.is_positive(k)
+                    else None,
+                    max_side=outputs.max_heatmap_side,
+                    legend=legend,
+                )
+                scs[k] = build_heatmap_sc(
+                    header,
+                    overlay,
+                    series_instance_uid=sc_series_uid,
+                    series_number=outputs.sc_series_number,
+                    instance_number=number,
+                    settings=outputs,
+                    identity=identity,
+                    sop_instance_uid=derived_uid(
+                        "heatmap-sc", sc_series_uid, str(header.SOPInstanceUID), entry.prediction.labels[k],
+                        str(number), tag, *legend,
+                    ),
+                )  # fmt: skip
+                built.append(BuiltObject(ResultKind.HEATMAP_SC, scs[k]))
+            findings.append(ImageFindings(header, entry.prediction, scs, population=entry.population))
         sr = build_findings_sr(
-            [a.image.header for a in analyses],
-            [a.prediction for a in analyses],
-            heatmap_datasets,
+            findings,
             series_instance_uid=sr_series_uid,
             series_number=outputs.sr_series_number,
             settings=outputs,
             identity=identity,
+            predecessor=predecessor,
+            content_tag=f"explain={options.explain};{tag}",
+            instance_number=sr_instance_number,
         )
         built.append(BuiltObject(ResultKind.FINDINGS_SR, sr))
         for item in built:
@@ -261,6 +398,20 @@ def build_study_outputs(
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
         raise OutputBuildError(f"cannot build result objects: {exc}") from exc
     return built
+
+
+def no_assessable_reason(entries: Sequence[StudyEntry]) -> str:
+    """Why a study has no assessable image, e.g. ``"no assessable image: 2 x undecodable (...)"``."""
+    reasons: dict[str, int] = {}
+    for entry in entries:
+        if isinstance(entry, ImageAnalysis):
+            if entry.assessable:
+                continue
+            entry = not_assessed_entry(entry)
+        key = f"{entry.reason.value} ({entry.detail})" if entry.detail else entry.reason.value
+        reasons[key] = reasons.get(key, 0) + 1
+    text = "; ".join(f"{n} x {key}" for key, n in reasons.items()) or "no image"
+    return f"no assessable image in the study: {text}"[:2000]
 
 
 def write_outputs(built: Sequence[BuiltObject], write: Callable[[BuiltObject], Path], files: FileStore | None = None) -> list[NewResult]:
@@ -289,42 +440,92 @@ def encode_part10(dataset: Dataset) -> bytes:
     return buffer.getvalue()
 
 
+def _read_header(path: Path) -> Dataset:
+    return dcmread(path, stop_before_pixels=True)
+
+
+def _refused_entry(refused: RefusedInstance, study_uid: str, files: FileStore) -> NotAssessedImage:
+    """A study's SKIPPED instance as a not-assessed entry (header from its file when readable)."""
+    from dicomnode.outputs.sr import reference_dataset
+
+    try:
+        header = _read_header(files.absolute(refused.path))
+        if str(header.get("SOPInstanceUID", "")) != refused.sop_instance_uid:
+            raise ValueError("file does not hold this instance")
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        header = reference_dataset(
+            study_instance_uid=study_uid, series_instance_uid=refused.series_instance_uid,
+            sop_instance_uid=refused.sop_instance_uid, sop_class_uid=refused.sop_class_uid,
+        )  # fmt: skip
+    return NotAssessedImage(header, refused.reason, refused.detail)
+
+
+def _prior_report(claim: ClaimedJob, files: FileStore, runner: ModelRunner) -> tuple[PriorReport | None, int]:
+    """The findings SR this job's report supersedes, and the new report's Instance Number."""
+    from dicomnode.outputs.sr import PriorReport
+    from dicomnode.outputs.uids import derived_uid
+
+    prior = claim.predecessor
+    if prior is None:
+        return None, 1
+    try:
+        header = _read_header(files.absolute(prior.path))
+        series, number = str(header.SeriesInstanceUID), int(header.get("InstanceNumber") or 1)
+    except (OSError, ValueError, AttributeError, KeyError, TypeError) as exc:
+        # The file is gone (purged): our SR series UID is a function of study and weights.
+        logger.warning("job %d: cannot read earlier SR %s (%s); assuming our series", claim.job_id, prior.sop_instance_uid, exc)
+        series, number = derived_uid("findings-series", claim.study_instance_uid, runner.identity.weights_sha256), 1
+    return PriorReport(prior.sop_instance_uid, series, prior.sop_class_uid), number + 1
+
+
 def process_jobs(
     claims: Sequence[ClaimedJob], runner: ModelRunner, files: FileStore, options: PipelineOptions
 ) -> list[JobOutcome]:
     """Run the whole pipeline for claimed jobs; one outcome per job, in order.
 
-    Unusable images (undecodable pixels, ...) are skipped with a reason; a study
-    left with no usable image succeeds with no results. Model or builder errors
-    fail only the study concerned.
+    Each job covers its whole study (see :class:`~dicomnode.store.queue.ClaimedJob`).
+    Undecodable images are skipped with a reason (recorded on the instance) and listed
+    in the SR as not assessed, like the study's instances refused at receive time and the
+    images the gate refuses. A study with no assessable image succeeds with no results
+    and a ``skip_reason``. Model or builder errors fail only the study concerned.
     """
     outcomes = {claim.job_id: JobOutcome(claim) for claim in claims}
-    prepared: dict[int, list[PreparedImage]] = {claim.job_id: [] for claim in claims}
+    slots: dict[int, list[PreparedImage | NotAssessedImage]] = {claim.job_id: [] for claim in claims}
     for claim in claims:
         log = logging.LoggerAdapter(logger, {"job_id": claim.job_id, "study_instance_uid": claim.study_instance_uid})
         for instance in claim.instances:
+            path = files.absolute(instance.path)
             try:
-                source = dcmread(files.absolute(instance.path))
-                prepared[claim.job_id].append(prepare_image(source, runner, options.outputs.max_heatmap_side))
+                source = dcmread(path)
+                slots[claim.job_id].append(prepare_image(source, runner, options.outputs.max_heatmap_side))
+                continue
             except InferenceError as exc:
-                outcomes[claim.job_id].skipped[instance.sop_instance_uid] = str(exc)
-                log.info("job %d: skipped %s: %s", claim.job_id, instance.sop_instance_uid, exc)
+                detail = str(exc)
             except (OSError, ValueError, AttributeError, KeyError, TypeError) as exc:
-                outcomes[claim.job_id].skipped[instance.sop_instance_uid] = f"cannot decode: {exc}"
-                log.info("job %d: cannot decode %s: %s", claim.job_id, instance.sop_instance_uid, exc)
+                detail = f"cannot decode: {exc}"
+            outcomes[claim.job_id].skipped[instance.sop_instance_uid] = skip_reason_text(NotAssessedReason.UNDECODABLE, detail)
+            log.info("job %d: not assessed %s: %s", claim.job_id, instance.sop_instance_uid, detail)
+            try:  # listed in the SR when its header can be read
+                header = _read_header(path)
+                if all(header.get(k) for k in ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")):
+                    slots[claim.job_id].append(NotAssessedImage(header, NotAssessedReason.UNDECODABLE, detail))
+            except (OSError, ValueError, AttributeError, KeyError, TypeError):
+                pass
+        slots[claim.job_id].extend(_refused_entry(r, claim.study_instance_uid, files) for r in claim.refused)
 
     # Images of all studies share model batches.
-    ordered = [(job_id, image) for job_id, images in prepared.items() for image in images]
-    by_job: dict[int, list[ImageAnalysis]] = {claim.job_id: [] for claim in claims}
+    ordered = [(job_id, s) for job_id, items in slots.items() for s in items if isinstance(s, PreparedImage)]
+    analysed: dict[int, dict[str, ImageAnalysis]] = {claim.job_id: {} for claim in claims}
     try:
         analyses = analyse_images([image for _, image in ordered], runner, options)
-        for (job_id, _), analysis in zip(ordered, analyses):
-            by_job[job_id].append(analysis)
+        for (job_id, image), analysis in zip(ordered, analyses):
+            analysed[job_id][image.key] = analysis
     except DicomNodeError:
         # A batch failed: fall back to one study at a time so only the culprit fails.
-        for job_id, images in prepared.items():
+        for job_id, items in slots.items():
+            images = [s for s in items if isinstance(s, PreparedImage)]
             try:
-                by_job[job_id] = analyse_images(images, runner, options)
+                analysed[job_id] = {a.image.key: a for a in analyse_images(images, runner, options)}
             except DicomNodeError as exc:
                 outcomes[job_id].error = f"inference failed: {exc}"
 
@@ -338,52 +539,146 @@ def process_jobs(
         if outcome.error is not None:
             continue
         log = logging.LoggerAdapter(logger, {"job_id": claim.job_id, "study_instance_uid": claim.study_instance_uid})
+        entries: list[StudyEntry] = [
+            analysed[claim.job_id][s.key] if isinstance(s, PreparedImage) else s for s in slots[claim.job_id]
+        ]
         try:
-            built = build_study_outputs(by_job[claim.job_id], runner, options.outputs)
+            predecessor, number = _prior_report(claim, files, runner)
+            built = build_study_outputs(entries, runner, options, predecessor=predecessor, sr_instance_number=number)
             outcome.results = write_outputs(built, _write, files)
         except DicomNodeError as exc:
             outcome.error = str(exc)
             log.warning("job %d failed: %s", claim.job_id, exc)
             continue
+        if not built:
+            outcome.skip_reason = no_assessable_reason(entries)
+            log.info("job %d: %s", claim.job_id, outcome.skip_reason)
+            continue
         log.info(
-            "job %d: %d image(s) analysed, %d result object(s) written",
+            "job %d: %d image(s), %d assessed, %d result object(s) written%s",
             claim.job_id,
-            len(by_job[claim.job_id]),
+            len(entries),
+            sum(isinstance(e, ImageAnalysis) and e.assessable for e in entries),
             len(outcome.results),
+            f", superseding SR {predecessor.sop_instance_uid}" if predecessor else "",
         )
     return [outcomes[claim.job_id] for claim in claims]
 
 
-def analyse_files(paths: Sequence[Path], runner: ModelRunner, options: PipelineOptions, out_dir: Path) -> dict[str, list[Path]]:
-    """Offline pipeline for ``dicomnode predict``: group files by study, write SC + SR into ``out_dir``.
+@dataclass
+class FileLine:
+    """What ``dicomnode predict`` says about one input file.
 
-    Returns:
-        written files per Study Instance UID.
+    Attributes:
+        name: the file's name (no folder).
+        text: the decision and probability per finding, or ``"not assessed: <reason>"``,
+            or why the file could not be read.
+        processed: False when the file could not be read as DICOM at all.
+    """
+
+    name: str
+    text: str
+    processed: bool = True
+
+
+@dataclass
+class PredictReport:
+    """Result of :func:`analyse_files`: one line per file, and the files written per study."""
+
+    lines: list[FileLine] = field(default_factory=list)
+    written: dict[str, list[Path]] = field(default_factory=dict)
+
+    @property
+    def processed(self) -> int:
+        """How many input files were read and judged (assessed or not)."""
+        return sum(line.processed for line in self.lines)
+
+
+def describe(entry: StudyEntry) -> str:
+    """One line (no PHI) for an image: decision and probability per finding, or why not assessed."""
+    if isinstance(entry, ImageAnalysis) and entry.assessable:
+        p = entry.prediction
+        text = "; ".join(
+            f"{label} {'POSITIVE' if p.is_positive(k) else 'negative'} p={p.probabilities[k]:.2f} "
+            f"(threshold {p.thresholds[k]:.2f})"
+            for k, label in enumerate(p.labels)
+        )
+        if entry.population is not None and entry.population.status == PopulationStatus.OUTSIDE:
+            text += f" [outside intended population: {entry.population.detail}]"
+        return text
+    if isinstance(entry, ImageAnalysis):
+        entry = not_assessed_entry(entry)
+    reason = entry.reason.value.replace("_", " ")
+    return f"not assessed: {reason}" + (f" ({entry.detail})" if entry.detail else "")
+
+
+def analyse_files(paths: Sequence[Path], runner: ModelRunner, options: PipelineOptions, out_dir: Path) -> PredictReport:
+    """Offline pipeline for ``dicomnode predict``: serve's acceptance rules, SC + SR per study into ``out_dir``.
+
+    Each file goes through the receiver's header rules (``receiving.validation``:
+    ``check_structure`` then ``classify``), pixel decoding and the model's input gate,
+    exactly as in ``serve``. A file that is not DICOM gets a line and is left out;
+    the others are still processed.
 
     Raises:
-        InferenceError: a file cannot be read or used (the message names it).
+        InferenceError: the model failed.
         OutputBuildError: a result object cannot be built.
     """
-    studies: dict[str, list[PreparedImage]] = {}
+    from pydicom.errors import InvalidDicomError
+    from pydicom.uid import UID, ExplicitVRLittleEndian
+
+    from dicomnode.errors import RejectedInstance
+    from dicomnode.receiving.validation import Skip, check_structure, classify
+
+    report = PredictReport()
+    studies: dict[str, list[PreparedImage | NotAssessedImage]] = {}
+    slot_line: dict[int, FileLine] = {}
     for path in paths:
+        line = FileLine(path.name, "")
+        report.lines.append(line)
         try:
             source = dcmread(path)
-            image = prepare_image(source, runner, options.outputs.max_heatmap_side)
-        except (OSError, ValueError, AttributeError, KeyError, TypeError) as exc:
-            raise InferenceError(f"{path}: cannot read DICOM: {exc}") from exc
-        except InferenceError as exc:
-            raise InferenceError(f"{path}: {exc}") from exc
-        studies.setdefault(str(image.header.StudyInstanceUID), []).append(image)
+        except (OSError, InvalidDicomError, ValueError, AttributeError, KeyError, TypeError) as exc:
+            line.text, line.processed = f"not DICOM or unreadable: {type(exc).__name__}", False
+            continue
+        study_uid = str(source.get("StudyInstanceUID", "") or "")
+        item: PreparedImage | NotAssessedImage
+        try:
+            meta = getattr(source, "file_meta", None)
+            check_structure(source, UID(meta.get("TransferSyntaxUID", ExplicitVRLittleEndian)) if meta else ExplicitVRLittleEndian)
+            verdict = classify(source)
+            if isinstance(verdict, Skip):
+                raise RejectedInstance(0, verdict.reason)
+            if not study_uid or not source.get("SOPInstanceUID") or not source.get("SeriesInstanceUID"):
+                raise RejectedInstance(0, "Study, Series or SOP Instance UID missing")
+        except RejectedInstance as exc:
+            item = NotAssessedImage(source, NotAssessedReason.HEADER_NOT_ACCEPTED, exc.reason)
+        else:
+            try:
+                item = prepare_image(source, runner, options.outputs.max_heatmap_side)
+            except InferenceError as exc:
+                item = NotAssessedImage(source, NotAssessedReason.UNDECODABLE, str(exc))
+            except (OSError, ValueError, AttributeError, KeyError, TypeError) as exc:
+                item = NotAssessedImage(source, NotAssessedReason.UNDECODABLE, f"cannot decode: {exc}")
+        slot_line[id(item)] = line
+        if isinstance(item, NotAssessedImage):
+            line.text = describe(item)
+            if "PixelData" in item.header:
+                del item.header.PixelData
+            if not study_uid or not item.header.get("SOPInstanceUID") or not item.header.get("SeriesInstanceUID"):
+                continue
+        studies.setdefault(study_uid, []).append(item)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written: dict[str, list[Path]] = {}
-
-    for study_uid, images in studies.items():
-        built = build_study_outputs(analyse_images(images, runner, options), runner, options.outputs)
+    for study_uid, items in studies.items():
+        images = [s for s in items if isinstance(s, PreparedImage)]
+        analyses = {a.image.key: a for a in (analyse_images(images, runner, options) if images else [])}
+        entries: list[StudyEntry] = [analyses[s.key] if isinstance(s, PreparedImage) else s for s in items]
+        for slot, entry in zip(items, entries):
+            slot_line[id(slot)].text = describe(entry)
         paths_out: list[Path] = []
-        for item in built:
-            name = f"{item.kind.value}-{item.dataset.SOPInstanceUID}.dcm"
-            target = out_dir / name
-            target.write_bytes(item.encoded or encode_part10(item.dataset))
+        for built in build_study_outputs(entries, runner, options):
+            target = out_dir / f"{built.kind.value}-{built.dataset.SOPInstanceUID}.dcm"
+            target.write_bytes(built.encoded or encode_part10(built.dataset))
             paths_out.append(target)
-        written[study_uid] = paths_out
-    return written
+        report.written[study_uid] = paths_out
+    return report

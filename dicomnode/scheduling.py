@@ -155,11 +155,15 @@ class NodeWorker:
                     queue.skip_instance(session, sop_uid, reason)
                 now = self.clock()
                 if outcome.error is None:
-                    if queue.complete_job(session, outcome.claim, outcome.results, now=now):
+                    if queue.complete_job(
+                        session, outcome.claim, outcome.results, now=now, skip_reason=outcome.skip_reason
+                    ):
                         report.done += 1
                     else:
                         logger.warning("job %d: claim lost before completion; results discarded", outcome.claim.job_id)
-                        self._discard(outcome.results)
+                        # Files of results an earlier job recorded (same UID) stay.
+                        kept = queue.recorded_result_uids(session, [r.sop_instance_uid for r in outcome.results])
+                        self._discard([r for r in outcome.results if r.sop_instance_uid not in kept])
                 else:
                     state = queue.fail_job(
                         session,

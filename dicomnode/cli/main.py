@@ -293,6 +293,10 @@ def status(
         last = f" (last {duplicates.last_conflicting_at} UTC)" if duplicates.conflicting else ""
         typer.echo(f"duplicates: {duplicates.identical} identical, "
                    f"{duplicates.conflicting} with DIFFERENT content{last}; the first copy was kept")
+    if summary.skipped_studies:
+        typer.echo("recently skipped studies (no result):")
+        for item in summary.skipped_studies:
+            typer.echo(f"  job {item['job_id']} {item['study_instance_uid']}: {item['reason']}")
     if summary.recent_skips:
         typer.echo("recently skipped instances:")
         for item in summary.recent_skips:
@@ -348,7 +352,11 @@ def predict(
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N.")] = None,
     explain: Annotated[str | None, typer.Option(help="Grad-CAM for 'all' images or only 'positive' ones.")] = None,
 ) -> None:
-    """Run the serving pipeline offline on files: writes one SC per image and one SR per study."""
+    """Run serve's pipeline offline on files: same acceptance rules, one line per file, SC + SR into --out.
+
+    Each line: the file name, then the decision and probability per finding, or
+    "not assessed: <reason>". Exit code 1 only when no file could be read as DICOM.
+    """
     from dicomnode import logconfig
     from dicomnode.node import load_runner
     from dicomnode.pipeline import PipelineOptions, analyse_files
@@ -357,14 +365,18 @@ def predict(
     logconfig.configure(settings.log_level)  # library warnings pass the PHI guard
     try:
         runner = load_runner(settings)
-        options = PipelineOptions(settings.outputs, settings.model.batch_size, settings.model.explain)
-        written = analyse_files(files, runner, options, out)
+        options = PipelineOptions(
+            settings.outputs, settings.model.batch_size, settings.model.explain, settings.model.out_of_population
+        )
+        report = analyse_files(files, runner, options, out)
     except DicomNodeError as exc:
         fail(str(exc))
-    for study_uid, paths in written.items():
-        typer.echo(f"study {study_uid}:")
-        for path in paths:
-            typer.echo(f"  {path}")
+    for line in report.lines:
+        typer.echo(f"{line.name}: {line.text}")
+    written = sum(len(paths) for paths in report.written.values())
+    typer.echo(f"{written} result file(s) written to {out}")
+    if report.processed == 0:
+        fail("no input file could be read as DICOM")
 
 
 @config_app.command("show")

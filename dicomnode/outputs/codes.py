@@ -54,6 +54,8 @@ from typing import TYPE_CHECKING
 
 from pydicom.sr.coding import Code
 
+from dicomnode.domain import NotAssessedReason, PopulationStatus
+
 if TYPE_CHECKING:  # highdicom is imported lazily: importing this module stays cheap.
     from highdicom.coding_schemes import CodingSchemeIdentificationItem
     from highdicom.sr import CodedConcept
@@ -63,21 +65,31 @@ __all__ = [
     "ALGORITHM_FAMILY_AI",
     "ANATOMIC_REGION_CHEST",
     "BEST_ILLUSTRATION_OF_FINDING",
-    "CERTAINTY_OF_FINDING",
+    "COMMENT",
     "DEVICE_OBSERVER",
     "GRADCAM",
+    "INTENDED_POPULATION",
     "NIH_CHESTXRAY14_LABELS",
+    "NOT_ASSESSED_REASON",
+    "NOT_EVALUATED",
+    "POPULATION_OUTSIDE",
+    "POPULATION_UNKNOWN",
+    "POPULATION_WITHIN",
     "PRESENT",
     "PRIVATE_SCHEME",
+    "PROBABILITY",
     "PROBABILITY_UNIT",
     "PROCEDURE_CHEST_IMAGING",
     "PROCESSING_EQUIPMENT",
+    "QUALITATIVE_EVALUATIONS",
     "REPORT_TITLE",
     "SOURCE_IMAGE_FOR_PROCESSING",
     "THRESHOLD_VALUE",
     "is_standard_label",
     "label_to_code",
     "normalize_label",
+    "not_assessed_code",
+    "population_code",
     "presence_code",
     "private_coding_scheme",
 ]
@@ -150,10 +162,10 @@ _ALIASES: dict[str, str] = {
 PRESENT = Code("52101004", "SCT", "Present")
 ABSENT = Code("272519000", "SCT", "Absent")
 
-#: Concept name of the model's per-label score (PS3.16 CID 6048 "CAD Operating Point Axis
-#: Label"): the standard CAD concept for an algorithm's confidence in a finding. Our value
-#: is the model's sigmoid output in [0, 1], with unit :data:`PROBABILITY_UNIT`.
-CERTAINTY_OF_FINDING = Code("111012", "DCM", "Certainty of Finding")
+#: Concept name of the model's per-label output (PS3.16 DCM 122157 "Probability"): the
+#: model's (calibrated) sigmoid output in [0, 1], with unit :data:`PROBABILITY_UNIT`. Not
+#: "Certainty of Finding" (DCM 111012), which is a CAD operating-point axis, not a probability.
+PROBABILITY = Code("122157", "DCM", "Probability")
 
 #: Concept name of the decision threshold (operating point) applied to that score (PS3.16).
 THRESHOLD_VALUE = Code("122411", "DCM", "Threshold Value")
@@ -188,6 +200,58 @@ ANATOMIC_REGION_CHEST = Code("51185008", "SCT", "Chest")
 
 #: TID 1500 document title, PS3.16 CID 7021.
 REPORT_TITLE = Code("126000", "DCM", "Imaging Measurement Report")
+
+#: TID 1500 row "Qualitative Evaluations": the document-level container holding the
+#: study-level conclusion per finding.
+QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
+
+#: Free-text explanation attached to a coded item (PS3.16 CID 12101).
+COMMENT = Code("121106", "DCM", "Comment")
+
+#: Value of a finding whose images could not be assessed (PS3.16 CID 3703).
+NOT_EVALUATED = Code("373121007", "SCT", "Not Evaluated")
+
+# ---------------------------------------------------------------------------------------
+# Images not assessed, intended population
+# ---------------------------------------------------------------------------------------
+
+#: Concept name of the coded reason why an image got no finding (private: PS3.16 has no
+#: "reason not assessed" concept for an algorithm's input).
+NOT_ASSESSED_REASON = Code("NOTASSESSED", PRIVATE_SCHEME, "Image not assessed by the AI model, reason")
+
+#: Concept name of the comparison of an image with the model's intended population (private).
+INTENDED_POPULATION = Code("INTENDEDPOP", PRIVATE_SCHEME, "Image within the model's intended population")
+#: Values of :data:`INTENDED_POPULATION`: within / outside are private; unknown is
+#: SCT 261665006 "Unknown" (PS3.16 CID 3703).
+POPULATION_WITHIN = Code("POPWITHIN", PRIVATE_SCHEME, "Within intended population")
+POPULATION_OUTSIDE = Code("POPOUTSIDE", PRIVATE_SCHEME, "Outside intended population")
+POPULATION_UNKNOWN = Code("261665006", "SCT", "Unknown")
+
+#: One code per :class:`~dicomnode.domain.NotAssessedReason`. NO_IMAGE_CONTENT uses PS3.16
+#: DCM 111235 (CID 3114/6044: the image is unusable); no standard concept fits the others,
+#: which are private 99DCMNODE codes.
+_NOT_ASSESSED: dict[NotAssessedReason, Code] = {
+    NotAssessedReason.NOT_CHEST_RADIOGRAPH: Code("NOTCHESTXR", PRIVATE_SCHEME, "Not a frontal chest radiograph"),
+    NotAssessedReason.INVERTED_GRAYSCALE: Code("INVERTEDGRAY", PRIVATE_SCHEME, "Grayscale appears inverted"),
+    NotAssessedReason.NO_IMAGE_CONTENT: Code("111235", "DCM", "Unusable - Quality renders image unusable"),
+    NotAssessedReason.UNDECODABLE: Code("UNDECODABLE", PRIVATE_SCHEME, "Pixel data could not be decoded"),
+    NotAssessedReason.OUT_OF_POPULATION: Code("OUTOFPOPULATION", PRIVATE_SCHEME, "Outside the model's intended population"),
+    NotAssessedReason.HEADER_NOT_ACCEPTED: Code("HEADERREFUSED", PRIVATE_SCHEME, "Not accepted from its DICOM header"),
+}  # fmt: skip
+
+
+def not_assessed_code(reason: NotAssessedReason) -> Code:
+    """The coded reason for an image that got no finding."""
+    return _NOT_ASSESSED[reason]
+
+
+def population_code(status: PopulationStatus) -> Code:
+    """The value of :data:`INTENDED_POPULATION` for a population status."""
+    return {
+        PopulationStatus.WITHIN: POPULATION_WITHIN,
+        PopulationStatus.OUTSIDE: POPULATION_OUTSIDE,
+        PopulationStatus.UNKNOWN: POPULATION_UNKNOWN,
+    }[status]
 
 
 def normalize_label(label: str) -> str:

@@ -5,7 +5,8 @@ study 1--* instance *--1 job 1--* result
 - ``Instance``: one received SOP instance and where its Part-10 file lies.
 - ``Job``: one inference run over the instances of a study that arrived together
   (a study is quiet for ``stable_after_s`` -> READY). Instances arriving after the
-  job was claimed open a new job, so each instance is processed exactly once.
+  job was claimed open a new job, which re-analyses every image of the study and
+  produces a findings SR that supersedes the earlier one (``queue.claim_batch``).
 - ``Result``: one produced object (SC or SR) and its delivery state (the outbox).
 """
 

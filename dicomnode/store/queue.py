@@ -12,10 +12,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import exists, func, select, update
+from sqlalchemy.orm import Session, aliased
 
-from dicomnode.domain import InstanceState, JobState, OutboxState, ResultKind
+from dicomnode.domain import InstanceState, JobState, NotAssessedReason, OutboxState, ResultKind
 from dicomnode.phi import redact
 from dicomnode.store.models import Instance, Job, Result, Study
 
@@ -37,13 +37,48 @@ class ClaimedInstance:
 
 
 @dataclass(frozen=True)
+class RefusedInstance:
+    """An instance of the study that is not used for inference, and why.
+
+    Attributes:
+        reason: HEADER_NOT_ACCEPTED for instances skipped at receive time; the reason
+            recorded by the batch (e.g. UNDECODABLE) for instances skipped there.
+        detail: the recorded reason text (no PHI).
+    """
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    series_instance_uid: str
+    path: str
+    reason: NotAssessedReason
+    detail: str
+
+
+@dataclass(frozen=True)
+class PriorResult:
+    """The study's latest findings SR, produced by an earlier job (to be superseded)."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    path: str
+
+
+@dataclass(frozen=True)
 class ClaimedJob:
-    """A job claimed for processing by one worker."""
+    """A job claimed for processing by one worker.
+
+    A study's results always cover the whole study: ``instances`` holds every accepted
+    instance of the study, those of earlier jobs included (an image that arrives after
+    the study's results were produced re-analyses all of them), ``refused`` the study's
+    SKIPPED instances, and ``predecessor`` the findings SR the new one supersedes.
+    """
 
     job_id: int
     study_instance_uid: str
     claimed_at: datetime
     instances: tuple[ClaimedInstance, ...]
+    refused: tuple[RefusedInstance, ...] = ()
+    predecessor: PriorResult | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +113,7 @@ class StatusSummary:
     pending_sends: list[dict[str, object]] = field(default_factory=list)
     recent_failures: list[dict[str, object]] = field(default_factory=list)
     recent_skips: list[dict[str, object]] = field(default_factory=list)
+    skipped_studies: list[dict[str, object]] = field(default_factory=list)
     #: Repeated SOP Instance UIDs (``store.duplicates.DuplicateCounts`` as a dict), filled
     #: by the CLI from the data folder.
     duplicates: dict[str, object] = field(default_factory=dict)
@@ -223,14 +259,41 @@ def requeue_orphaned(session: Session, *, host: str, is_alive: Callable[[int], b
     return count
 
 
+def skip_reason_text(reason: NotAssessedReason, detail: str) -> str:
+    """The Instance.skip_reason recorded by the batch: ``"<reason>: <detail>"``."""
+    return f"{reason.value}: {detail}"
+
+
+def parse_skip_reason(text: str | None) -> tuple[NotAssessedReason, str]:
+    """Inverse of :func:`skip_reason_text`; any other text is a receive-time header refusal."""
+    value = text or ""
+    head, sep, rest = value.partition(": ")
+    if sep:
+        try:
+            return NotAssessedReason(head), rest
+        except ValueError:
+            pass
+    return NotAssessedReason.HEADER_NOT_ACCEPTED, value
+
+
 def claim_batch(session: Session, *, limit: int, now: datetime, worker: str) -> list[ClaimedJob]:
     """Atomically claim up to ``limit`` READY jobs (oldest first) for ``worker``.
 
-    Jobs whose retry time (``not_before``) lies in the future are left alone.
+    Jobs whose retry time (``not_before``) lies in the future are left alone, and so are
+    jobs of a study whose earlier job is still READY or RUNNING (the later job must see
+    the earlier one's results to supersede them).
     """
+    earlier = aliased(Job)
     query = (
         select(Job)
         .where(Job.state == JobState.READY, (Job.not_before.is_(None)) | (Job.not_before <= now))
+        .where(
+            ~exists().where(
+                earlier.study_instance_uid == Job.study_instance_uid,
+                earlier.id < Job.id,
+                earlier.state.in_((JobState.READY, JobState.RUNNING)),
+            )
+        )
         .order_by(Job.ready_at, Job.id)
         .limit(limit)
     )
@@ -241,21 +304,43 @@ def claim_batch(session: Session, *, limit: int, now: datetime, worker: str) -> 
         job.state = JobState.RUNNING
         job.claimed_at = now
         job.claimed_by = worker
-        instances = session.scalars(
-            select(Instance)
-            .where(Instance.job_id == job.id, Instance.state == InstanceState.ACCEPTED)
-            .order_by(Instance.received_at, Instance.sop_instance_uid)
-        ).all()
-        claimed.append(
-            ClaimedJob(
-                job_id=job.id,
-                study_instance_uid=job.study_instance_uid,
-                claimed_at=now,
-                instances=tuple(ClaimedInstance(i.sop_instance_uid, i.path) for i in instances),
-            )
-        )
+        claimed.append(_claimed_job(session, job, now))
     session.flush()
     return claimed
+
+
+def _claimed_job(session: Session, job: Job, now: datetime) -> ClaimedJob:
+    """The whole study as of now: its instances (all jobs) and its latest findings SR."""
+    rows = session.scalars(
+        select(Instance)
+        .where(Instance.study_instance_uid == job.study_instance_uid, Instance.job_id <= job.id)
+        .order_by(Instance.received_at, Instance.sop_instance_uid)
+    ).all()
+    accepted = tuple(ClaimedInstance(i.sop_instance_uid, i.path) for i in rows if i.state == InstanceState.ACCEPTED)
+    refused = tuple(
+        RefusedInstance(i.sop_instance_uid, i.sop_class_uid, i.series_instance_uid, i.path, *parse_skip_reason(i.skip_reason))
+        for i in rows
+        if i.state == InstanceState.SKIPPED
+    )
+    prior = session.scalars(
+        select(Result)
+        .join(Job, Result.job_id == Job.id)
+        .where(
+            Job.study_instance_uid == job.study_instance_uid,
+            Job.id < job.id,
+            Result.kind == ResultKind.FINDINGS_SR,
+        )
+        .order_by(Result.id.desc())
+        .limit(1)
+    ).first()
+    return ClaimedJob(
+        job_id=job.id,
+        study_instance_uid=job.study_instance_uid,
+        claimed_at=now,
+        instances=accepted,
+        refused=refused,
+        predecessor=PriorResult(prior.sop_instance_uid, prior.sop_class_uid, prior.path) if prior else None,
+    )
 
 
 def _owned_running_job(session: Session, claim: ClaimedJob) -> Job | None:
@@ -265,8 +350,26 @@ def _owned_running_job(session: Session, claim: ClaimedJob) -> Job | None:
     return job
 
 
-def complete_job(session: Session, claim: ClaimedJob, results: Sequence[NewResult], *, now: datetime) -> bool:
+def recorded_result_uids(session: Session, sop_instance_uids: Sequence[str]) -> set[str]:
+    """Which of these SOP Instance UIDs already have a Result row (of any job)."""
+    if not sop_instance_uids:
+        return set()
+    return set(session.scalars(select(Result.sop_instance_uid).where(Result.sop_instance_uid.in_(list(sop_instance_uids)))).all())
+
+
+def complete_job(
+    session: Session,
+    claim: ClaimedJob,
+    results: Sequence[NewResult],
+    *,
+    now: datetime,
+    skip_reason: str | None = None,
+) -> bool:
     """Record a claimed job's results (outbox rows) and mark it DONE.
+
+    A result whose SOP Instance UID an earlier job already recorded (a heatmap SC of an
+    image re-analysed for a superseding report: same content, same UID) is not recorded
+    again. No results: the job becomes SKIPPED with ``skip_reason``.
 
     Returns:
         False when the claim is no longer ours (the lease expired and the job was
@@ -275,7 +378,10 @@ def complete_job(session: Session, claim: ClaimedJob, results: Sequence[NewResul
     job = _owned_running_job(session, claim)
     if job is None:
         return False
+    known = recorded_result_uids(session, [r.sop_instance_uid for r in results])
     for item in results:
+        if item.sop_instance_uid in known:
+            continue
         session.add(
             Result(
                 job_id=job.id,
@@ -292,7 +398,7 @@ def complete_job(session: Session, claim: ClaimedJob, results: Sequence[NewResul
     job.finished_at = now
     job.attempts += 1
     if not results:
-        job.last_error = job.last_error or "no image of the study could be used"
+        job.last_error = skip_reason or job.last_error or "no image of the study could be used"
     else:
         job.last_error = None
     session.flush()
@@ -470,6 +576,9 @@ def status_summary(session: Session, *, recent: int = 10) -> StatusSummary:
     skipped = session.scalars(
         select(Instance).where(Instance.state == InstanceState.SKIPPED).order_by(Instance.received_at.desc()).limit(recent)
     ).all()
+    skipped_jobs = session.scalars(
+        select(Job).where(Job.state == JobState.SKIPPED).order_by(Job.id.desc()).limit(recent)
+    ).all()
     failures: list[dict[str, object]] = [
         {"what": "job", "job_id": j.id, "study_instance_uid": j.study_instance_uid, "attempts": j.attempts, "error": _shown(j.last_error)}
         for j in failed_jobs
@@ -497,6 +606,10 @@ def status_summary(session: Session, *, recent: int = 10) -> StatusSummary:
         recent_skips=[
             {"sop_instance_uid": i.sop_instance_uid, "study_instance_uid": i.study_instance_uid, "reason": _shown(i.skip_reason)}
             for i in skipped
+        ],
+        skipped_studies=[
+            {"job_id": j.id, "study_instance_uid": j.study_instance_uid, "reason": _shown(j.last_error)}
+            for j in skipped_jobs
         ],
     )
 

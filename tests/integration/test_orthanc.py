@@ -42,8 +42,8 @@ SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 SR_CLASSES = {"1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.88.22"}
 # Standard codes checked in the SR (PS3.16), written out here so the test does not
 # simply echo the production constants.
-FINDING = ("121071", "DCM")
-CERTAINTY_OF_FINDING = ("111012", "DCM")
+PROBABILITY = ("122157", "DCM")
+PRESENT_ABSENT = {("52101004", "SCT"), ("272519000", "SCT")}
 ALGORITHM_NAME = ("111001", "DCM")
 ALGORITHM_VERSION = ("111003", "DCM")
 PNEUMONIA = ("233604007", "SCT")
@@ -165,13 +165,13 @@ def _check_sr(sr: Dataset, *, sources: set[str], heatmaps: set[str], model: tupl
     assert sr.SOPClassUID in SR_CLASSES
     assert sr.ContentSequence, "SR has no content"
     items = list(_content_items(sr))
-    findings = [i for i in items if _concept(i) == FINDING]
-    assert findings, "no Finding item"
+    findings = [i for i in items if i.ValueType == "CODE" and _concept(i) == PNEUMONIA]
+    assert len(findings) == len(sources) + 1, "Pneumonia = Present/Absent per image and for the study"
     for item in findings:
         code = item.ConceptCodeSequence[0]
-        assert (str(code.CodeValue), str(code.CodingSchemeDesignator)) == PNEUMONIA
+        assert (str(code.CodeValue), str(code.CodingSchemeDesignator)) in PRESENT_ABSENT
     probabilities = [
-        float(i.MeasuredValueSequence[0].NumericValue) for i in items if _concept(i) == CERTAINTY_OF_FINDING
+        float(i.MeasuredValueSequence[0].NumericValue) for i in items if _concept(i) == PROBABILITY
     ]
     assert len(probabilities) == len(sources), "one probability per image (single-label model)"
     assert all(0.0 <= p <= 1.0 for p in probabilities)

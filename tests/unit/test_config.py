@@ -19,6 +19,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.outputs.content_qualification == "RESEARCH"
     assert "not for diagnostic use" in settings.outputs.sc_series_description
     assert settings.model.name == "default"
+    assert settings.model.out_of_population == "flag"
 
 
 def test_source_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -41,6 +42,7 @@ def test_source_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         {"scheduler": {"stable_after_s": 0}},
         {"scheduler": {"batch_windows": "25:00-26:00"}},
         {"model": {"thresholds": {"pneumonia": 1.5}}},
+        {"model": {"out_of_population": "ignore"}},
     ],
 )
 def test_invalid_values_stop_with_a_clear_message(overrides: dict[str, object]) -> None:

@@ -126,7 +126,7 @@ def test_statement_follows_the_settings() -> None:
     assert "Content Qualification PRODUCT" in md
     assert "TLS: not configured" in md
     # Coded concepts come from dicomnode.outputs.codes, findings from the label table.
-    assert "| CERTAINTY_OF_FINDING | 111012 | DCM | Certainty of Finding |" in md
+    assert "| PROBABILITY | 122157 | DCM | Probability |" in md
     assert "| pneumonia | 233604007 | SCT | Pneumonia | standard |" in md
 
 

@@ -110,10 +110,11 @@ def test_analyse_files_groups_by_study(tmp_path: Path, runner: ModelRunner) -> N
         path = tmp_path / f"in{seed}.dcm"
         make_cxr_dataset(study_uid=study, seed=seed).save_as(path, enforce_file_format=True)
         paths.append(path)
-    written = analyse_files(paths, runner, PipelineOptions(OutputSettings()), tmp_path / "out")
-    assert list(written) == [study]
-    assert len(written[study]) == 3
-    assert all(p.exists() for p in written[study])
+    report = analyse_files(paths, runner, PipelineOptions(OutputSettings()), tmp_path / "out")
+    assert list(report.written) == [study]
+    assert len(report.written[study]) == 3
+    assert all(p.exists() for p in report.written[study])
+    assert [line.name for line in report.lines] == ["in1.dcm", "in2.dcm"] and report.processed == 2
 
 
 def test_unpad_heatmap_crops_the_letterbox() -> None:

@@ -13,7 +13,7 @@ from dicomnode.config import OutputSettings
 from dicomnode.domain import ModelIdentity, Prediction
 from dicomnode.outputs.charset import UTF8, with_writable_charset
 from dicomnode.outputs.sc import build_heatmap_sc
-from dicomnode.outputs.sr import build_findings_sr
+from dicomnode.outputs.sr import ImageFindings, build_findings_sr
 from tests.helpers import make_cxr_dataset
 
 IDENTITY = ModelIdentity("default", "1.0.0", "efficientnet_lite0", "0" * 64)
@@ -47,7 +47,7 @@ def test_iso2022_sources_give_utf8_results_with_the_same_names(charset: list[str
     source = _received(charset, name)
     sc = build_heatmap_sc(source, np.zeros((64, 64, 3), np.uint8), series_instance_uid="1.2.3.1",
                           series_number=1, instance_number=1, settings=OutputSettings(), identity=IDENTITY)
-    sr = build_findings_sr([source], [Prediction(("pneumonia",), (0.7,), (0.5,))], [sc],
+    sr = build_findings_sr([ImageFindings(source, Prediction(("pneumonia",), (0.7,), (0.5,)), {0: sc})],
                            series_instance_uid="1.2.3.2", series_number=2, settings=OutputSettings(), identity=IDENTITY)
     for result in (_round_trip(sc), _round_trip(sr)):
         assert result.SpecificCharacterSet == UTF8

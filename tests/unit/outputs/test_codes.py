@@ -7,6 +7,7 @@ from highdicom.sr import CodedConcept
 from pydicom.sr.codedict import codes as dcm
 from pydicom.sr.coding import Code
 
+from dicomnode.domain import NotAssessedReason
 from dicomnode.outputs import codes
 
 
@@ -52,7 +53,11 @@ def test_codes_that_ps316_lists_match_pydicom_dictionary() -> None:
         codes.label_to_code("edema"): dcm.SCT.PulmonaryEdema,
         codes.PRESENT: dcm.SCT.Present,
         codes.ABSENT: dcm.SCT.Absent,
-        codes.CERTAINTY_OF_FINDING: dcm.DCM.CertaintyOfFinding,
+        codes.PROBABILITY: dcm.DCM.Probability,
+        codes.COMMENT: dcm.DCM.Comment,
+        codes.NOT_EVALUATED: dcm.SCT.NotEvaluated,
+        codes.POPULATION_UNKNOWN: dcm.SCT.Unknown,
+        codes.not_assessed_code(NotAssessedReason.NO_IMAGE_CONTENT): dcm.DCM.UnusableQualityRendersImageUnusable,
         codes.THRESHOLD_VALUE: dcm.DCM.ThresholdValue,
         codes.ALGORITHM_FAMILY_AI: dcm.DCM.ArtificialIntelligence,
         codes.GRADCAM: dcm.DCM.GradientWeightedClassActivation,
@@ -116,3 +121,9 @@ def test_private_coding_scheme_item() -> None:
     item = codes.private_coding_scheme()
     assert item.CodingSchemeDesignator == "99DCMNODE"
     assert item.CodingSchemeDesignator.startswith("99")
+
+
+def test_every_not_assessed_reason_has_one_distinct_code() -> None:
+    values = [codes.not_assessed_code(reason) for reason in NotAssessedReason]
+    assert len({(c.value, c.scheme_designator) for c in values}) == len(NotAssessedReason)
+    assert all(len(c.value) <= 16 and len(c.meaning) <= 64 for c in values)

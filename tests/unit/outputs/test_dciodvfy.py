@@ -20,10 +20,16 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from dicomnode.config import OutputSettings
-from dicomnode.domain import ModelIdentity, Prediction
+from dicomnode.domain import (
+    ModelIdentity,
+    NotAssessedReason,
+    PopulationCheck,
+    PopulationStatus,
+    Prediction,
+)
 from dicomnode.outputs.codes import NIH_CHESTXRAY14_LABELS
 from dicomnode.outputs.sc import build_heatmap_sc
-from dicomnode.outputs.sr import build_findings_sr
+from dicomnode.outputs.sr import ImageFindings, PriorReport, build_findings_sr, reference_dataset
 from dicomnode.outputs.validate import validate_result
 from tests.helpers import (
     CR_IMAGE_STORAGE,
@@ -126,7 +132,7 @@ def _build_and_check(
             thresholds=(0.5,) * 5,
         )
         report = build_findings_sr(
-            [source], [prediction], [heatmap], series_instance_uid="1.2.826.0.1.3680043.8.498.12",
+            [ImageFindings(source, prediction, {4: heatmap})], series_instance_uid="1.2.826.0.1.3680043.8.498.12",
             series_number=9902, settings=settings, identity=identity,
         )  # fmt: skip
     for name, result in (("sc", heatmap), ("sr", report)):
@@ -178,3 +184,33 @@ def test_dciodvfy_catches_an_invalid_object(tmp_path: Path) -> None:
     broken.save_as(path, enforce_file_format=True)
     errors, _ = _dciodvfy(path)
     assert errors
+
+
+def test_dciodvfy_full_study_report(tmp_path: Path, identity: ModelIdentity, output_settings: OutputSettings) -> None:
+    """Assessed, out-of-population, gated and header-refused images, with a predecessor: no errors."""
+    first = header_only(make_cxr_dataset(PatientAge="004Y"))
+    study = str(first.StudyInstanceUID)
+    adult = header_only(make_cxr_dataset(study_uid=study, PatientAge="045Y"))
+    gated = header_only(make_cxr_dataset(study_uid=study))
+    refused = reference_dataset(
+        study_instance_uid=study, series_instance_uid="1.2.826.0.1.3680043.8.498.13",
+        sop_instance_uid="1.2.826.0.1.3680043.8.498.14", sop_class_uid=CR_IMAGE_STORAGE,
+    )  # fmt: skip
+    prediction = Prediction(labels=NIH_CHESTXRAY14_LABELS, probabilities=(0.3,) * 14, thresholds=(0.5,) * 14)
+    images = [
+        ImageFindings(first, prediction, population=PopulationCheck(PopulationStatus.WITHIN)),
+        ImageFindings(adult, prediction, population=PopulationCheck(PopulationStatus.OUTSIDE, "age 45 years outside intended 1-5 years")),
+        ImageFindings(gated, not_assessed=NotAssessedReason.INVERTED_GRAYSCALE, detail="OOD score 41.2 > 27.9"),
+        ImageFindings(refused, not_assessed=NotAssessedReason.HEADER_NOT_ACCEPTED, detail="BodyPartExamined 'ABDOMEN' is not a chest"),
+    ]
+    report = build_findings_sr(
+        images, series_instance_uid="1.2.826.0.1.3680043.8.498.12", series_number=9902, settings=output_settings,
+        identity=identity, predecessor=PriorReport("1.2.826.0.1.3680043.8.498.15", "1.2.826.0.1.3680043.8.498.12"),
+        instance_number=2,
+    )  # fmt: skip
+    validate_result(report)
+    path = tmp_path / "sr.dcm"
+    report.save_as(path, enforce_file_format=True)
+    errors, warnings_ = _dciodvfy(path)
+    assert errors == [], f"{errors}\n(warnings: {warnings_})"
+    assert [w for w in warnings_ if "99DCMNODE" not in w] == []

@@ -16,10 +16,16 @@ from pydicom.sr.codedict import codes as dcm
 from pydicom.uid import ComprehensiveSRStorage, generate_uid
 
 from dicomnode.config import OutputSettings
-from dicomnode.domain import ModelIdentity, Prediction
+from dicomnode.domain import (
+    ModelIdentity,
+    NotAssessedReason,
+    PopulationCheck,
+    PopulationStatus,
+    Prediction,
+)
 from dicomnode.outputs import codes
 from dicomnode.outputs.sc import build_heatmap_sc
-from dicomnode.outputs.sr import build_findings_sr, device_observer_uid
+from dicomnode.outputs.sr import ImageFindings, PriorReport, build_findings_sr, device_observer_uid
 from tests.helpers import CR_IMAGE_STORAGE, make_cxr_dataset
 from tests.unit.outputs.conftest import header_only, write_and_read
 
@@ -47,8 +53,15 @@ def _build(
     identity: ModelIdentity,
     **kw: object,
 ) -> Dataset:
+    """Assessed images; a heatmap illustrates the image's reported (top) finding."""
+    images = [
+        ImageFindings(source, prediction, {prediction.top_index: heatmap} if heatmap is not None else {})
+        for source, prediction, heatmap in zip(sources, predictions, heatmaps, strict=False)
+    ]
+    if len(sources) != len(predictions):
+        raise ValueError("sources and predictions must have the same length")
     return build_findings_sr(
-        sources, predictions, heatmaps, series_instance_uid=SR_SERIES, series_number=9902,
+        images, series_instance_uid=SR_SERIES, series_number=9902,
         settings=settings, identity=identity, **kw,  # type: ignore[arg-type]
     )  # fmt: skip
 
@@ -86,10 +99,15 @@ def _num(group: Dataset, code: object) -> float:
     return float(item.MeasuredValueSequence[0].NumericValue)
 
 
-def _finding(group: Dataset) -> tuple[str, str]:
-    (item,) = _children(group, dcm.DCM.Finding)
-    concept = item.ConceptCodeSequence[0]
-    return concept.CodeValue, concept.CodingSchemeDesignator
+def _evaluation(group: Dataset, label: str) -> Dataset:
+    """The CODE item "<finding> = Present | Absent" of an image group."""
+    code = codes.label_to_code(label)
+    (item,) = [i for i in group.ContentSequence if i.ValueType == "CODE" and _name(i) == (code.value, code.scheme_designator)]
+    return item
+
+
+def _value(item: Dataset) -> str:
+    return str(item.ConceptCodeSequence[0].CodeValue)
 
 
 def _refs(group: Dataset, code: object) -> list[str]:
@@ -137,30 +155,27 @@ def test_single_image_report(
     assert _evidence(sr) == {cxr_dataset.SOPInstanceUID, heatmap.SOPInstanceUID}
 
     (group,) = _groups(sr)
-    assert _finding(group) == ("233604007", "SCT")
-    assert _num(group, codes.CERTAINTY_OF_FINDING) == pytest.approx(0.8125)
-    assert _num(group, codes.THRESHOLD_VALUE) == pytest.approx(0.4375)
-    unit = (
-        _children(group, codes.CERTAINTY_OF_FINDING)[0]
-        .MeasuredValueSequence[0]
-        .MeasurementUnitsCodeSequence[0]
-    )
+    assert _children(group, dcm.DCM.Finding) == []  # no unqualified "Finding = Pneumonia"
+    evaluation = _evaluation(group, "pneumonia")
+    assert _value(evaluation) == codes.PRESENT.value
+    assert _num(evaluation, codes.PROBABILITY) == pytest.approx(0.8125)
+    assert _num(evaluation, codes.THRESHOLD_VALUE) == pytest.approx(0.4375)
+    unit = _children(evaluation, codes.PROBABILITY)[0].MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0]
     assert (unit.CodeValue, unit.CodingSchemeDesignator) == ("{probability}", "UCUM")
-    (evaluation,) = [
-        item
-        for item in group.ContentSequence
-        if item.ValueType == "CODE" and _name(item) == ("233604007", "SCT")
-    ]
-    assert evaluation.ConceptCodeSequence[0].CodeValue == codes.PRESENT.value
     assert _refs(group, dcm.DCM.SourceOfMeasurement) == [cxr_dataset.SOPInstanceUID]
-    assert _refs(group, codes.BEST_ILLUSTRATION_OF_FINDING) == [heatmap.SOPInstanceUID]
+    assert _refs(evaluation, codes.BEST_ILLUSTRATION_OF_FINDING) == [heatmap.SOPInstanceUID]
+    (conclusions,) = _children(sr, codes.QUALITATIVE_EVALUATIONS)
+    (study_level,) = conclusions.ContentSequence
+    assert _name(study_level) == ("233604007", "SCT") and _value(study_level) == codes.PRESENT.value
+    assert _num(study_level, codes.THRESHOLD_VALUE) == pytest.approx(0.4375)
+    assert "PredecessorDocumentsSequence" not in sr
 
     assert _text_values(group, dcm.DCM.AlgorithmName) == [identity.name]
     assert _text_values(group, dcm.DCM.AlgorithmVersion) == [identity.version]
     parameters = _text_values(group, dcm.DCM.AlgorithmParameters)
     assert f"weights_sha256={identity.weights_sha256}" in parameters
     assert f"architecture={identity.architecture}" in parameters
-    assert "threshold=0.4375" in parameters
+    assert "thresholds=pneumonia:0.4375" in parameters
     (family,) = _children(group, dcm.DCM.AlgorithmFamily)
     assert family.ConceptCodeSequence[0].CodeValue == codes.ALGORITHM_FAMILY_AI.value
 
@@ -182,9 +197,7 @@ def test_report_parses_with_highdicom(
     assert attributes.uid == device_observer_uid(identity)
     assert attributes.name == identity.name
     (group,) = sr.content.get_image_measurement_groups()
-    assert group.finding_type.value == "233604007"
-    (probability,) = group.get_measurements(name=codes.CERTAINTY_OF_FINDING)
-    assert probability.value == pytest.approx(0.3)
+    assert group.finding_type is None
     (evaluation,) = group.get_qualitative_evaluations(name=codes.label_to_code("pneumonia"))
     assert evaluation.value.value == codes.ABSENT.value
     assert [image.referenced_sop_instance_uid for image in group.source_images] == [
@@ -221,41 +234,28 @@ def test_multi_image_multi_label_report(
     ]
     sr = write_and_read(_build(sources, predictions, heatmaps, output_settings, identity))
 
-    groups = _groups(sr)
-    assert len(groups) == 6
-    seen = {}
-    for group in groups:
-        (source_uid,) = _refs(group, dcm.DCM.SourceOfMeasurement)
-        seen[(source_uid, _finding(group))] = (
-            _num(group, codes.CERTAINTY_OF_FINDING),
-            _num(group, codes.THRESHOLD_VALUE),
-            _refs(group, codes.BEST_ILLUSTRATION_OF_FINDING),
-        )
-    tb = (codes.label_to_code("tuberculosis").value, "99DCMNODE")
     first, second = sources[0].SOPInstanceUID, sources[1].SOPInstanceUID
-    assert seen[(first, ("233604007", "SCT"))] == (
-        pytest.approx(0.9),
-        pytest.approx(0.5),
-        [heatmaps[0].SOPInstanceUID],
-    )  # type: ignore[union-attr]
-    assert (
-        seen[(first, ("60046008", "SCT"))][2] == []
-    )  # heatmap hangs on the explained (top) label only
-    assert seen[(first, tb)][:2] == (pytest.approx(0.6), pytest.approx(0.7))
-    assert seen[(second, ("60046008", "SCT"))] == (pytest.approx(0.7), pytest.approx(0.5), [])
-    assert _evidence(sr) == {first, second, heatmaps[0].SOPInstanceUID}  # type: ignore[union-attr]
-
-    presence = {
-        (_refs(g, dcm.DCM.SourceOfMeasurement)[0], _finding(g)[0]): next(
-            item.ConceptCodeSequence[0].CodeValue for item in g.ContentSequence
-            if item.ValueType == "CODE" and _name(item) == _finding(g)
+    groups = {_refs(g, dcm.DCM.SourceOfMeasurement)[0]: g for g in _groups(sr)}
+    assert list(groups) == [first, second]  # one group per image
+    seen = {
+        (uid, label): (
+            _value(_evaluation(g, label)),
+            _num(_evaluation(g, label), codes.PROBABILITY),
+            _num(_evaluation(g, label), codes.THRESHOLD_VALUE),
+            _refs(_evaluation(g, label), codes.BEST_ILLUSTRATION_OF_FINDING),
         )
-        for g in groups
-    }  # fmt: skip
-    assert presence[(first, "233604007")] == codes.PRESENT.value
-    assert presence[(first, "60046008")] == codes.ABSENT.value
-    assert presence[(first, tb[0])] == codes.ABSENT.value  # 0.6 < 0.7
-    assert presence[(second, "60046008")] == codes.PRESENT.value
+        for uid, g in groups.items()
+        for label in ("effusion", "pneumonia", "tuberculosis")
+    }
+    present, absent = codes.PRESENT.value, codes.ABSENT.value
+    assert seen[(first, "pneumonia")] == (present, pytest.approx(0.9), pytest.approx(0.5), [heatmaps[0].SOPInstanceUID])  # type: ignore[union-attr]
+    assert seen[(first, "effusion")] == (absent, pytest.approx(0.2), pytest.approx(0.5), [])
+    assert seen[(first, "tuberculosis")][:3] == (absent, pytest.approx(0.6), pytest.approx(0.7))  # 0.6 < 0.7
+    assert seen[(second, "effusion")] == (present, pytest.approx(0.7), pytest.approx(0.5), [])
+    assert _evidence(sr) == {first, second, heatmaps[0].SOPInstanceUID}  # type: ignore[union-attr]
+    (conclusions,) = _children(sr, codes.QUALITATIVE_EVALUATIONS)
+    study_level = {_name(i)[0]: _value(i) for i in conclusions.ContentSequence}
+    assert study_level == {"60046008": present, "233604007": present, codes.label_to_code("tuberculosis").value: absent}
 
     # the private scheme is declared because "tuberculosis" has no standard code here
     assert [item.CodingSchemeDesignator for item in sr.CodingSchemeIdentificationSequence] == [
@@ -278,16 +278,10 @@ def test_standard_labels_declare_no_private_scheme(
     sr = write_and_read(_build([cxr_dataset], [prediction], [None], output_settings, identity))
     assert "CodingSchemeIdentificationSequence" not in sr
     (group,) = _groups(sr)
-    assert _refs(group, codes.BEST_ILLUSTRATION_OF_FINDING) == []
+    evaluation = _evaluation(group, "pneumonia")
+    assert _refs(evaluation, codes.BEST_ILLUSTRATION_OF_FINDING) == []
     assert _evidence(sr) == {cxr_dataset.SOPInstanceUID}
-    (evaluation,) = [
-        item
-        for item in group.ContentSequence
-        if item.ValueType == "CODE" and _name(item) == ("233604007", "SCT")
-    ]
-    assert (
-        evaluation.ConceptCodeSequence[0].CodeValue == codes.PRESENT.value
-    )  # probability == threshold
+    assert _value(evaluation) == codes.PRESENT.value  # probability == threshold
 
 
 def test_sr_uses_settings(cxr_dataset: Dataset, identity: ModelIdentity) -> None:
@@ -365,6 +359,11 @@ def test_sr_rejects_length_mismatch_and_empty(
         _build([cxr_dataset], [_one(), _one()], [None], output_settings, identity)
     with pytest.raises(ValueError, match="at least one"):
         _build([], [], [], output_settings, identity)
+    with pytest.raises(ValueError, match="at least one"):
+        build_findings_sr(
+            [ImageFindings(cxr_dataset, not_assessed=NotAssessedReason.UNDECODABLE)],
+            series_instance_uid=SR_SERIES, series_number=9902, settings=output_settings, identity=identity,
+        )  # fmt: skip
 
 
 def test_sr_rejects_duplicate_source(
@@ -403,3 +402,46 @@ def test_sr_rejects_heatmap_of_another_study(
             output_settings,
             identity,
         )
+
+
+def test_not_assessed_population_and_predecessor(
+    study_uid: str, output_settings: OutputSettings, identity: ModelIdentity
+) -> None:
+    assessed, adult, gated = (make_cxr_dataset(study_uid=study_uid) for _ in range(3))
+    prediction = Prediction(labels=("pneumonia",), probabilities=(0.2,), thresholds=(0.5,))
+    outside = PopulationCheck(PopulationStatus.OUTSIDE, "age 45 years outside intended 1-5 years")
+    images = [
+        ImageFindings(assessed, prediction, population=PopulationCheck(PopulationStatus.WITHIN)),
+        ImageFindings(adult, prediction, population=outside),
+        ImageFindings(gated, not_assessed=NotAssessedReason.NOT_CHEST_RADIOGRAPH, detail="OOD score 41.2 > 27.9"),
+    ]
+    prior = PriorReport(sop_instance_uid="1.2.826.0.1.3680043.8.498.77", series_instance_uid=SR_SERIES)
+    kw = {"series_instance_uid": SR_SERIES, "series_number": 9902, "settings": output_settings, "identity": identity}
+    sr = write_and_read(build_findings_sr(images, predecessor=prior, instance_number=2, **kw))  # type: ignore[arg-type]
+
+    groups = {_refs(g, dcm.DCM.SourceOfMeasurement)[0]: g for g in _groups(sr)}
+    (flag,) = _children(groups[adult.SOPInstanceUID], codes.INTENDED_POPULATION)
+    assert _value(flag) == codes.POPULATION_OUTSIDE.value
+    assert _text_values(flag, codes.COMMENT) == ["age 45 years outside intended 1-5 years"]
+    gated_group = groups[gated.SOPInstanceUID]
+    assert [i for i in gated_group.ContentSequence if _name(i) == ("233604007", "SCT")] == []
+    (reason,) = _children(gated_group, codes.NOT_ASSESSED_REASON)
+    assert _value(reason) == codes.not_assessed_code(NotAssessedReason.NOT_CHEST_RADIOGRAPH).value
+    assert _text_values(reason, codes.COMMENT) == ["OOD score 41.2 > 27.9"]
+    assert gated.SOPInstanceUID in _evidence(sr)
+    (conclusions,) = _children(sr, codes.QUALITATIVE_EVALUATIONS)
+    (study_level,) = conclusions.ContentSequence
+    assert _value(study_level) == codes.ABSENT.value
+    assert "1 image(s) not assessed" in _text_values(study_level, codes.COMMENT)[0]
+    (pred,) = sr.PredecessorDocumentsSequence
+    assert pred.ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == prior.sop_instance_uid
+    assert sr.InstanceNumber == 2
+    assert [i.CodingSchemeDesignator for i in sr.CodingSchemeIdentificationSequence] == ["99DCMNODE"]
+
+    # The UID follows the content: another predecessor, decision or settings tag -> another UID.
+    base = build_findings_sr(images, predecessor=prior, **kw).SOPInstanceUID  # type: ignore[arg-type]
+    assert build_findings_sr(images, predecessor=prior, **kw).SOPInstanceUID == base  # type: ignore[arg-type]
+    assert build_findings_sr(images, **kw).SOPInstanceUID != base  # type: ignore[arg-type]
+    assert build_findings_sr(images, predecessor=prior, content_tag="explain=positive", **kw).SOPInstanceUID != base  # type: ignore[arg-type]
+    flipped = [ImageFindings(assessed, Prediction(("pneumonia",), (0.2,), (0.1,))), *images[1:]]
+    assert build_findings_sr(flipped, predecessor=prior, **kw).SOPInstanceUID != base  # type: ignore[arg-type]

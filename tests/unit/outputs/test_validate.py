@@ -12,7 +12,7 @@ from dicomnode.config import OutputSettings
 from dicomnode.domain import ModelIdentity, Prediction
 from dicomnode.errors import OutputBuildError
 from dicomnode.outputs.sc import build_heatmap_sc
-from dicomnode.outputs.sr import build_findings_sr
+from dicomnode.outputs.sr import ImageFindings, build_findings_sr
 from dicomnode.outputs.validate import drop_invalid_elements, validate_result
 from tests.helpers import make_cxr_dataset
 
@@ -38,7 +38,7 @@ def report(
         labels=("pneumonia", "effusion"), probabilities=(0.7, 0.2), thresholds=(0.5, 0.5)
     )
     return build_findings_sr(
-        [cxr_dataset], [prediction], [heatmap], series_instance_uid="1.2.3.2", series_number=9902,
+        [ImageFindings(cxr_dataset, prediction, {0: heatmap})], series_instance_uid="1.2.3.2", series_number=9902,
         settings=output_settings, identity=identity,
     )  # fmt: skip
 
@@ -140,13 +140,13 @@ def test_sr_tid1500_skeleton(report: Dataset) -> None:
         validate_result(not_a_group)
 
     untracked = copy.deepcopy(report)
-    group = _measurement_groups(untracked)[1]
+    group = _measurement_groups(untracked)[0]
     group.ContentSequence = [
         item
         for item in group.ContentSequence
         if item.ConceptNameCodeSequence[0].CodeValue != "112040"
     ]
-    with pytest.raises(OutputBuildError, match="Measurement Group 1 lacks its Tracking"):
+    with pytest.raises(OutputBuildError, match="Measurement Group 0 lacks its Tracking"):
         validate_result(untracked)
 
     no_observer = copy.deepcopy(report)
@@ -164,7 +164,9 @@ def test_sr_content_item_rules(report: Dataset) -> None:
     group = _measurement_groups(broken)[0]
     texts = [item for item in group.ContentSequence if item.ValueType == "TEXT"]
     del texts[0].TextValue
-    nums = [item for item in group.ContentSequence if item.ValueType == "NUM"]
+    nums = [
+        child for item in group.ContentSequence for child in item.get("ContentSequence", []) if child.ValueType == "NUM"
+    ]  # the probability hangs under its finding's CODE item
     del nums[0].MeasuredValueSequence[0].MeasurementUnitsCodeSequence
     codes_ = [item for item in group.ContentSequence if item.ValueType == "CODE"]
     codes_[0].RelationshipType = "IS ABOUT"

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicomnode.domain import InstanceState, JobState, OutboxState, ResultKind
+from dicomnode.domain import InstanceState, JobState, NotAssessedReason, OutboxState, ResultKind
 from dicomnode.store import queue
 from dicomnode.store.models import Instance, Job, Result
 
@@ -221,3 +221,41 @@ def test_claims_of_dead_local_workers_are_requeued_at_once(sessions: sessionmake
     with sessions() as session:
         owners = {job.claimed_by for job in session.scalars(select(Job)) if job.state == JobState.RUNNING}
     assert owners == {"here:222", "elsewhere:111"}
+
+
+def test_later_job_claims_the_whole_study_and_the_latest_report(sessions: sessionmaker[Session]) -> None:
+    claim = _ready_and_claim(sessions, T0)
+    sr = queue.NewResult(ResultKind.FINDINGS_SR, "1.2.3.9.1", "1.2.840.10008.5.1.4.1.1.88.33", "results/sr1.dcm")
+    with sessions.begin() as session:
+        _record(session, "1.2.3.1.2", now=T0 + timedelta(seconds=3))  # a new job: the first is RUNNING
+        _record(session, "1.2.3.1.3", state=InstanceState.SKIPPED, now=T0 + timedelta(seconds=3))
+        queue.mark_stable(session, stable_after_s=1, now=T0 + timedelta(seconds=5))
+        # the earlier job of the study is still RUNNING: the later one waits
+        assert queue.claim_batch(session, limit=5, now=T0 + timedelta(seconds=5), worker="w") == []
+    with sessions.begin() as session:
+        assert queue.complete_job(session, claim, [sr], now=T0 + timedelta(seconds=6))
+    with sessions.begin() as session:
+        (later,) = queue.claim_batch(session, limit=5, now=T0 + timedelta(seconds=7), worker="w")
+    assert [i.sop_instance_uid for i in later.instances] == ["1.2.3.1.1", "1.2.3.1.2"]
+    (refused,) = later.refused
+    assert (refused.sop_instance_uid, refused.reason, refused.detail) == ("1.2.3.1.3", "header_not_accepted", "not a chest")
+    assert later.predecessor == queue.PriorResult("1.2.3.9.1", sr.sop_class_uid, sr.path)
+    # the same result UID recorded again (an unchanged SC) is not duplicated
+    with sessions.begin() as session:
+        assert queue.complete_job(session, later, [sr], now=T0 + timedelta(seconds=8))
+    with sessions() as session:
+        assert len(session.scalars(select(Result)).all()) == 1
+
+
+def test_study_without_assessable_image_is_skipped_with_its_reason(sessions: sessionmaker[Session]) -> None:
+    claim = _ready_and_claim(sessions, T0)
+    with sessions.begin() as session:
+        queue.skip_instance(session, "1.2.3.1.1", queue.skip_reason_text(NotAssessedReason.UNDECODABLE, "bad JPEG"))
+        queue.complete_job(session, claim, [], now=T0 + timedelta(seconds=3), skip_reason="no assessable image in the study: 1 x undecodable")
+    with sessions() as session:
+        summary = queue.status_summary(session)
+    assert summary.skipped_studies == [
+        {"job_id": 1, "study_instance_uid": "1.2.3", "reason": "no assessable image in the study: 1 x undecodable"}
+    ]
+    assert summary.recent_skips[0]["reason"] == "undecodable: bad JPEG"
+    assert queue.parse_skip_reason("undecodable: bad JPEG") == (NotAssessedReason.UNDECODABLE, "bad JPEG")
