@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # models/vit-tiny: ViT-Tiny/16 trained FROM SCRATCH (no ViT ImageNet weights are reachable offline) on the
 # Kermany pediatric CXR training split at 112x112 (7x7 patches of 16 px), validated on the same stratified
-# seeded 15 % split grouped by patient as models/default, distilled from models/default (its soft
-# probabilities on the same augmented training pixels; the teacher never saw the validation patients).
+# seeded 15 % split grouped by patient as models/default, distilled from models/default (its calibrated
+# probabilities on the training images as soft targets; the teacher never saw the validation patients).
 # Bounded CPU budget (about 30 min on 2 cores). Train models/default first.
 # Reproduce: training/vit-tiny.sh   (SHIP=1 to copy runs/vit-tiny into models/vit-tiny)
 source "$(dirname "$0")/_common.sh"

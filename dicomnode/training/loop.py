@@ -202,47 +202,17 @@ def batch_inputs(
     pre: Preprocessing,
     rng: np.random.Generator | None,
     aug: AugmentConfig | None,
-    also: Preprocessing | None = None,
 ) -> np.ndarray:
-    """(B, C, S, S) float32 inputs of ``indices`` (augmented when ``aug`` is given).
-
-    With ``also``, the same augmented gray images are also prepared for that second
-    preprocessing (a distillation teacher's) and returned as ``out[1]`` of a pair; see
-    :func:`paired_batch_inputs`.
-    """
-    return paired_batch_inputs(data, indices, pre, rng, aug, also)[0]
-
-
-def paired_batch_inputs(
-    data: LabeledImages,
-    indices: np.ndarray,
-    pre: Preprocessing,
-    rng: np.random.Generator | None,
-    aug: AugmentConfig | None,
-    also: Preprocessing | None = None,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Inputs of ``indices`` for ``pre`` and, when given, for ``also`` from the same pixels.
-
-    Returns:
-        ((B, C, S, S) float32, (B, C', S', S') float32 or None).
-    """
+    """(B, C, S, S) float32 inputs of ``indices`` (augmented when ``aug`` is given)."""
     from dicomnode.inference.preprocess import gray_to_input
 
     out = np.empty((len(indices), pre.in_chans, pre.input_size, pre.input_size), dtype=np.float32)
-    second = (
-        np.empty((len(indices), also.in_chans, also.input_size, also.input_size), dtype=np.float32)
-        if also is not None
-        else None
-    )
-    side = 2 * max(pre.input_size, also.input_size if also is not None else 0)
     for row, index in enumerate(indices):
         gray = data.gray(int(index))
         if aug is not None and rng is not None:
-            gray = augment_gray(gray, rng, aug, max_side=side)
+            gray = augment_gray(gray, rng, aug, max_side=2 * pre.input_size)
         out[row] = gray_to_input(gray, pre)
-        if second is not None and also is not None:
-            second[row] = gray_to_input(gray, also)
-    return out, second
+    return out
 
 
 def predict_probs(
@@ -451,7 +421,7 @@ def train(config: TrainConfig) -> TrainResult:
         optimizer, _lr_lambda(total_steps, warmup_steps, config.min_lr_ratio)
     )
     aug = AugmentConfig() if config.augment else None
-    teacher, teacher_pre, teacher_cnn = _load_teacher(config, device)
+    soft_targets = teacher_targets(config, train_data, device)
 
     history: list[dict[str, float]] = []
     best_auc, best_epoch, start_epoch = -math.inf, 0, 1
@@ -480,21 +450,16 @@ def train(config: TrainConfig) -> TrainResult:
         bar = _bar(total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}", unit="batch")
         for step in range(steps_per_epoch):
             idx = order[step * config.batch_size : (step + 1) * config.batch_size]
-            x_np, tx_np = paired_batch_inputs(train_data, idx, pre, rng, aug, teacher_pre)
-            x = torch.from_numpy(x_np).to(device)
+            x = torch.from_numpy(batch_inputs(train_data, idx, pre, rng, aug)).to(device)
             if cnn:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = torch.from_numpy(train_data.targets[idx]).to(device)
             with _autocast(device):
                 logits = model(x)
             loss = criterion(logits.float(), y)
-            if teacher is not None and tx_np is not None:
-                tx = torch.from_numpy(tx_np).to(device)
-                if teacher_cnn:
-                    tx = tx.contiguous(memory_format=torch.channels_last)
-                with torch.inference_mode(), _autocast(device):
-                    soft = torch.sigmoid(teacher(tx).float())
-                soft_loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), soft.clone())
+            if soft_targets is not None:
+                soft = torch.from_numpy(soft_targets[idx]).to(device)
+                soft_loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), soft)
                 loss = (1.0 - config.distill_weight) * loss + config.distill_weight * soft_loss
             if not torch.isfinite(loss):
                 raise ModelError(f"training diverged: loss {loss.item()} at epoch {epoch} step {step}")
@@ -560,18 +525,23 @@ def train(config: TrainConfig) -> TrainResult:
     return finalize(config, draft, val_data, history, best_epoch, init_note, device, split)
 
 
-def _load_teacher(
-    config: TrainConfig, device: torch.device
-) -> tuple[torch.nn.Module | None, Preprocessing | None, bool]:
-    """The distillation teacher (eval mode, frozen), its preprocessing and whether it is a CNN.
+def teacher_targets(config: TrainConfig, train_data: LabeledImages, device: torch.device) -> np.ndarray | None:
+    """The distillation teacher's calibrated probabilities on the training images, or None.
+
+    Offline distillation: the teacher sees each training image once, un-augmented, and its
+    probability is the soft target of every augmented view of that image (a fraction of the
+    cost of running the teacher on every batch, which matters on a CPU).
+
+    Returns:
+        (N, L) float32 soft targets in [0, 1], row ``i`` for ``train_data`` image ``i``.
 
     Raises:
-        ModelError: the teacher cannot be loaded, or its split differs from this run's.
+        ModelError: the teacher cannot be loaded, has other labels, or was validated on
+            another split (its knowledge of the validation patients would leak into the
+            student's figures).
     """
     if config.teacher is None:
-        return None, None, False
-    import torch
-
+        return None
     from dicomnode.inference.registry import is_cnn, load_model, resolve_manifest
 
     if not 0.0 < config.distill_weight <= 1.0:
@@ -589,14 +559,21 @@ def _load_teacher(
             f"(seed {config.seed}, fraction {config.val_fraction}): its knowledge of the "
             "validation images would leak into the student's figures"
         )
-    teacher = load_model(loaded, device, verify_sha256=True).eval()
-    for param in teacher.parameters():
-        param.requires_grad_(False)
+    if loaded.manifest.labels != train_data.labels:
+        raise ModelError(f"teacher labels {loaded.manifest.labels} differ from the data's {train_data.labels}")
+    teacher = load_model(loaded, device, verify_sha256=True)
     cnn = is_cnn(loaded.manifest.architecture)
-    if cnn:
-        teacher = teacher.to(memory_format=torch.channels_last)
     logger.info("distilling from %s (%s), weight %.2f", loaded.manifest.name, loaded.manifest.architecture, config.distill_weight)
-    return teacher, loaded.manifest.preprocessing, cnn
+    probs, _ = predict_probs(
+        teacher,
+        train_data,
+        loaded.manifest.preprocessing,
+        batch_size=config.eval_batch_size,
+        device=device,
+        channels_last=cnn,
+        calibration=loaded.manifest.calibration,
+    )
+    return np.ascontiguousarray(probs, dtype=np.float32)
 
 
 def _write_history(history: list[dict[str, float]], out: Path) -> None:

@@ -154,7 +154,7 @@ def test_imagenet_init_fails_clearly_offline(monkeypatch: pytest.MonkeyPatch) ->
 
 @pytest.mark.slow
 def test_distillation_from_a_teacher_on_the_same_split(trained: Path, synthetic_folder: Path, tmp_path: Path) -> None:
-    """A student at another input size learns from the teacher's soft targets on the same pixels."""
+    """A student at another input size learns from the teacher's soft targets."""
     out = tmp_path / "student"
     result = train(
         tiny_config(synthetic_folder, out, teacher=str(trained / "manifest.json"), img_size=24, epochs=2, augment=True)
