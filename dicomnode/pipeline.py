@@ -633,6 +633,7 @@ def analyse_files(paths: Sequence[Path], runner: ModelRunner, options: PipelineO
     report = PredictReport()
     studies: dict[str, list[PreparedImage | NotAssessedImage]] = {}
     slot_line: dict[int, FileLine] = {}
+    first_file: dict[str, str] = {}  # SOP Instance UID -> the file that brought it first
     for path in paths:
         line = FileLine(path.name, "")
         report.lines.append(line)
@@ -642,6 +643,13 @@ def analyse_files(paths: Sequence[Path], runner: ModelRunner, options: PipelineO
             line.text, line.processed = f"not DICOM or unreadable: {type(exc).__name__}", False
             continue
         study_uid = str(source.get("StudyInstanceUID", "") or "")
+        sop_uid = str(source.get("SOPInstanceUID", "") or "")
+        if sop_uid and sop_uid in first_file:
+            # serve keeps the first copy of a SOP Instance UID; so does predict.
+            line.text = f"not used: same SOP Instance UID as {first_file[sop_uid]} (the first copy is used)"
+            continue
+        if sop_uid:
+            first_file[sop_uid] = path.name
         item: PreparedImage | NotAssessedImage
         try:
             meta = getattr(source, "file_meta", None)

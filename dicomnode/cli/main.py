@@ -362,7 +362,9 @@ def predict(
     from dicomnode.pipeline import PipelineOptions, analyse_files
 
     settings = _settings(ctx, {"model": {"name": model, "device": device, "explain": explain}})
-    logconfig.configure(settings.log_level)  # library warnings pass the PHI guard
+    # Library warnings pass the PHI guard; the per-file lines are the output, so INFO
+    # chatter (model loaded, ...) is left out unless DEBUG is asked for.
+    logconfig.configure(settings.log_level if settings.log_level == "DEBUG" else "WARNING")
     try:
         runner = load_runner(settings)
         options = PipelineOptions(

@@ -57,6 +57,24 @@ def test_predict_applies_serve_rules_and_prints_one_line_per_file(tmp_path: Path
     assert abdomen.exists() and len(sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence) == 3
 
 
+def test_predict_uses_the_first_copy_of_a_repeated_sop_instance_uid(tmp_path: Path) -> None:
+    """Two files with one SOP Instance UID (Fake_MONOHR1 reuses the SIIM UID): serve keeps the first; so does predict."""
+    manifest = make_tiny_model(tmp_path / "model")
+    first, second = tmp_path / "first.dcm", tmp_path / "second.dcm"
+    original = make_cxr_dataset(seed=1)
+    original.save_as(first, enforce_file_format=True)
+    copy = make_cxr_dataset(seed=2, study_uid=str(original.StudyInstanceUID))
+    copy.SOPInstanceUID = original.SOPInstanceUID
+    copy.save_as(second, enforce_file_format=True)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["predict", "--model", str(manifest), "--out", str(out), str(first), str(second)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[0].startswith("first.dcm: pneumonia")
+    assert lines[1] == "second.dcm: not used: same SOP Instance UID as first.dcm (the first copy is used)"
+    assert len(list(out.glob("findings_sr-*.dcm"))) == 1
+
+
 def test_predict_exits_1_only_when_nothing_could_be_read(tmp_path: Path) -> None:
     manifest = make_tiny_model(tmp_path / "model")
     text = tmp_path / "notes.txt"
