@@ -14,7 +14,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from dicomnode.cli import conformance, training
+from dicomnode.cli import conformance, gate, training
 from dicomnode.config import DestinationSettings, Settings, load_settings
 from dicomnode.errors import DicomNodeError
 
@@ -30,6 +30,7 @@ app.command("evaluate")(training.evaluate)
 app.command("pretrain")(training.pretrain)
 app.command("conformance")(conformance.conformance)
 app.add_typer(training.models_app, name="models")
+app.add_typer(gate.gate_app, name="gate")
 
 
 @dataclass(frozen=True)

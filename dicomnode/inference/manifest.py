@@ -67,6 +67,49 @@ class IntendedPopulation(BaseModel):
     view_positions: tuple[str, ...] = ()
 
 
+class GateSpec(BaseModel):
+    """The model's input gate (``dicomnode.inference.gate``), written by ``dicomnode gate fit``.
+
+    Attributes:
+        method: ``"ppca-mahalanobis"``: squared Mahalanobis distance / D of the pooled
+            pre-logits features under a PPCA (Ledoit-Wolf) covariance.
+        file: parameters file beside the manifest, e.g. ``gate.safetensors``.
+        sha256: hex sha256 of that file.
+        threshold: score above which an image is gated (chosen on validation chests).
+        feature_dim: D, the classifier's input width (1280 for EfficientNet-Lite0).
+        n_components: k principal directions of the covariance.
+        inverted_probability: an image passing the score is still gated as inverted
+            grayscale when the logistic regression says at least this.
+        min_gray_std: gray standard deviation (display units [0, 1] at the model's input
+            size) below which an image has no content.
+        min_neighbour_corr: lag-1 neighbour correlation below which it is noise.
+        fit_set: what the score was fitted on (data, split, augmentation).
+        n_fit: images (with augmented copies) in the fit set.
+        target_acceptance: wanted fraction of validation chests passing.
+        val_acceptance: measured fraction of validation chests passing (all checks).
+        n_val: validation chests measured.
+        validation: further measured figures (e.g. rejection per negative category).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    method: Literal["ppca-mahalanobis"] = "ppca-mahalanobis"
+    file: str = "gate.safetensors"
+    sha256: str
+    threshold: float = Field(gt=0)
+    feature_dim: int = Field(ge=1)
+    n_components: int = Field(ge=1)
+    inverted_probability: float = Field(default=0.99, gt=0, le=1)
+    min_gray_std: float = Field(default=0.02, ge=0)
+    min_neighbour_corr: float = Field(default=0.3, ge=-1, le=1)
+    fit_set: str = ""
+    n_fit: int = 0
+    target_acceptance: float = Field(default=0.99, gt=0, le=1)
+    val_acceptance: float | None = None
+    n_val: int = 0
+    validation: dict[str, float] = Field(default_factory=dict)
+
+
 class ModelManifest(BaseModel):
     """Description of one trained model (``models/<name>/manifest.json``).
 
@@ -98,6 +141,9 @@ class ModelManifest(BaseModel):
     recipe: str = ""
     description: str = ""
     intended_population: IntendedPopulation = Field(default_factory=IntendedPopulation)
+    gate: GateSpec | None = Field(
+        default=None, description="input gate on the pixels (None: every image is assessable)"
+    )
 
     @field_validator("thresholds")
     @classmethod
