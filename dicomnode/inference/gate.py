@@ -1,33 +1,39 @@
 """The input gate: is this image a frontal chest radiograph of the kind the model handles?
 
 Decided per image from the pixels, before any finding is asserted, so it holds when the
-header lies. Three checks, cheapest first:
+header lies. All checks use the batch the model already gets and the features of its
+one forward pass; no extra pass runs.
 
-1. **Content** (pixels only): a nearly uniform image (gray std below
-   ``GateSpec.min_gray_std``) or pure noise (neighbouring pixels uncorrelated, lag-1
-   correlation below ``GateSpec.min_neighbour_corr``) -> ``NO_IMAGE_CONTENT``.
-2. **Out-of-distribution score** on the model's own pooled pre-logits features (the
-   input of its classifier, captured in the same forward pass as the prediction): the
-   squared Mahalanobis distance to the training chests, divided by the feature dimension
-   D, under a probabilistic-PCA covariance (top ``k`` eigenvectors of a Ledoit-Wolf
-   shrunk covariance, the remaining variance spread evenly over the other ``D - k``
-   directions). Score above ``GateSpec.threshold`` -> gated.
-3. **Inverted grayscale**: for gated images only, one more forward pass on the inverted
-   image (``1 - gray`` in display space). When the inversion passes the score threshold
-   and scores lower than the original, the reason is ``INVERTED_GRAYSCALE`` (a chest with a
-   wrong photometric interpretation), else ``NOT_CHEST_RADIOGRAPH``. A logistic
-   regression on the same features (upright vs inverted training chests) also flags an
-   inverted chest that the score alone lets through (``GateSpec.inverted_probability``).
+1. **Content**: a nearly uniform image (gray std below ``GateSpec.min_gray_std``) or
+   pure noise (lag-1 neighbour correlation below ``GateSpec.min_neighbour_corr``)
+   -> ``NO_IMAGE_CONTENT``.
+2. **Layout score** on the pixels: the image at the model's input size, shrunk to
+   ``layout_size`` x ``layout_size`` (INTER_AREA) and standardised (zero mean, unit std),
+   scored against the training chests. Rejects CT/MR/NM/US slices, documents,
+   photographs and bones whatever the header says.
+3. **Feature score** on the model's pooled pre-logits features (the classifier's input,
+   captured in the same pass). Rejects what the model's own features find strange
+   (gradients, patterns, charts, noise).
+   Both scores are a squared Mahalanobis distance divided by the dimension under a
+   probabilistic-PCA covariance (top ``k`` eigenvectors of a Ledoit-Wolf covariance, the
+   remaining variance spread evenly); about 1 for images like the fit set.
+4. **Inverted grayscale**: a standardised thumbnail's inversion is its negative, so the
+   layout score of the inverted image costs nothing. When the inversion fits the
+   training chests clearly better (score ratio above ``GateSpec.inverted_ratio``) and
+   passes the layout threshold -> ``INVERTED_GRAYSCALE`` (a chest with a wrong
+   photometric interpretation), whether or not the original passed.
 
-Parameters live beside the weights (``gate.safetensors``, sha256 in the manifest's
-``gate`` section); :mod:`dicomnode.training.gate_fit` fits them.
+``GateVerdict.score`` is the larger of the two scores divided by its threshold (gated
+above 1.0); the detail line gives both. Parameters live beside the weights
+(``gate.safetensors``, sha256 in the manifest's ``gate`` section);
+:mod:`dicomnode.training.gate_fit` fits them.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,104 +52,111 @@ logger = logging.getLogger(__name__)
 GATE_FILENAME = "gate.safetensors"
 GATE_METHOD: Final = "ppca-mahalanobis"
 
-FeatureFn = Callable[[torch.Tensor], np.ndarray]
-"""Maps ``(M, C, S, S)`` prepared inputs to their ``(M, D)`` float32 pooled features."""
-
 
 @dataclass(frozen=True)
-class GateParams:
-    """Fitted arrays of the gate.
+class PpcaScore:
+    """A fitted PPCA-Mahalanobis score.
 
     Attributes:
-        mean: ``(D,)`` float32 mean feature of the fit set.
+        mean: ``(D,)`` float32 mean of the fit set.
         components: ``(D, k)`` float32 orthonormal principal directions.
         eigenvalues: ``(k,)`` float32 variances along ``components`` (all > 0).
         residual_variance: variance per direction outside the components (> 0).
-        inverted_weights: ``(D,)`` float32 logistic-regression weights, upright (0) vs
-            inverted (1) chest, on standardised features ``(x - mean) / scale``.
-        inverted_bias: its intercept.
-        scale: ``(D,)`` float32 per-feature scale used by the logistic regression.
     """
 
     mean: np.ndarray
     components: np.ndarray
     eigenvalues: np.ndarray
     residual_variance: float
-    inverted_weights: np.ndarray
-    inverted_bias: float
-    scale: np.ndarray
 
     @property
     def dim(self) -> int:
-        """Feature dimension D."""
+        """Dimension D."""
         return int(self.mean.shape[0])
 
-    def score(self, features: np.ndarray) -> np.ndarray:
-        """Squared PPCA-Mahalanobis distance per image, divided by D.
-
-        About 1 for images like the fit set; grows with distance from it.
-
-        Args:
-            features: ``(N, D)`` pooled features.
-
-        Returns:
-            ``(N,)`` float64 scores.
-        """
-        x = np.asarray(features, dtype=np.float64) - self.mean.astype(np.float64)
-        z = x @ self.components.astype(np.float64)
+    def score(self, x: np.ndarray) -> np.ndarray:
+        """``(N, D)`` vectors -> ``(N,)`` float64 squared Mahalanobis distance / D."""
+        centred = np.asarray(x, dtype=np.float64) - self.mean.astype(np.float64)
+        z = centred @ self.components.astype(np.float64)
         inside = (z**2 / self.eigenvalues.astype(np.float64)).sum(axis=1)
-        residual = (x**2).sum(axis=1) - (z**2).sum(axis=1)
+        residual = (centred**2).sum(axis=1) - (z**2).sum(axis=1)
         outside = np.maximum(residual, 0.0) / self.residual_variance
         return np.asarray((inside + outside) / self.dim, dtype=np.float64)
 
-    def inverted_probability(self, features: np.ndarray) -> np.ndarray:
-        """``(N,)`` probability that each image is an inverted chest (logistic regression)."""
-        x = (np.asarray(features, dtype=np.float64) - self.mean) / self.scale
-        logit = x @ self.inverted_weights.astype(np.float64) + self.inverted_bias
-        return np.asarray(1.0 / (1.0 + np.exp(-np.clip(logit, -50.0, 50.0))), dtype=np.float64)
+    @classmethod
+    def fit(cls, x: np.ndarray, n_components: int) -> PpcaScore:
+        """Fit on ``(N, D)`` in-distribution vectors (see :func:`fit_ppca`)."""
+        return cls(*fit_ppca(x, n_components))
 
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        """The arrays written to ``gate.safetensors``."""
-        return {
-            "mean": self.mean.astype(np.float32),
-            "components": self.components.astype(np.float32),
-            "eigenvalues": self.eigenvalues.astype(np.float32),
-            "residual_variance": np.asarray([self.residual_variance], dtype=np.float32),
-            "inverted_weights": self.inverted_weights.astype(np.float32),
-            "inverted_bias": np.asarray([self.inverted_bias], dtype=np.float32),
-            "scale": self.scale.astype(np.float32),
+    def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        """C-ordered float32 arrays (safetensors writes the raw buffer)."""
+        arrays = {
+            "mean": self.mean,
+            "components": self.components,
+            "eigenvalues": self.eigenvalues,
+            "residual_variance": np.asarray([self.residual_variance]),
         }
+        return {f"{prefix}.{k}": np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()}
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> GateParams:
+    def from_arrays(cls, arrays: dict[str, np.ndarray], prefix: str) -> PpcaScore:
         """Inverse of :meth:`to_arrays`.
 
         Raises:
             ModelError: a key is missing or the shapes do not fit together.
         """
         try:
-            params = cls(
-                mean=np.asarray(arrays["mean"], dtype=np.float32),
-                components=np.asarray(arrays["components"], dtype=np.float32),
-                eigenvalues=np.asarray(arrays["eigenvalues"], dtype=np.float32),
-                residual_variance=float(arrays["residual_variance"][0]),
-                inverted_weights=np.asarray(arrays["inverted_weights"], dtype=np.float32),
-                inverted_bias=float(arrays["inverted_bias"][0]),
-                scale=np.asarray(arrays["scale"], dtype=np.float32),
+            score = cls(
+                mean=np.asarray(arrays[f"{prefix}.mean"], dtype=np.float32),
+                components=np.asarray(arrays[f"{prefix}.components"], dtype=np.float32),
+                eigenvalues=np.asarray(arrays[f"{prefix}.eigenvalues"], dtype=np.float32),
+                residual_variance=float(arrays[f"{prefix}.residual_variance"][0]),
             )
         except (KeyError, IndexError) as exc:
             raise ModelError(f"gate parameters lack {exc}: re-fit with `dicomnode gate fit`") from exc
-        d = params.dim
-        k = params.eigenvalues.shape[0]
-        if (
-            params.components.shape != (d, k)
-            or params.inverted_weights.shape != (d,)
-            or params.scale.shape != (d,)
-            or not (params.eigenvalues > 0).all()
-            or not params.residual_variance > 0
-        ):
+        k = score.eigenvalues.shape[0]
+        if score.components.shape != (score.dim, k) or not (score.eigenvalues > 0).all() or not score.residual_variance > 0:
             raise ModelError("gate parameters are inconsistent: re-fit with `dicomnode gate fit`")
-        return params
+        return score
+
+
+@dataclass(frozen=True)
+class GateParams:
+    """Fitted arrays of the gate: the feature score and the layout score."""
+
+    features: PpcaScore
+    layout: PpcaScore
+
+    @property
+    def dim(self) -> int:
+        """Feature dimension D (the classifier's input width)."""
+        return self.features.dim
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The arrays written to ``gate.safetensors``."""
+        return {**self.features.to_arrays("features"), **self.layout.to_arrays("layout")}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> GateParams:
+        """Inverse of :meth:`to_arrays` (raises ModelError)."""
+        return cls(PpcaScore.from_arrays(arrays, "features"), PpcaScore.from_arrays(arrays, "layout"))
+
+
+def layout_vectors(gray: np.ndarray, size: int) -> np.ndarray:
+    """Standardised thumbnails: ``(N, S, S)`` gray -> ``(N, size*size)`` float32.
+
+    Each thumbnail (INTER_AREA) has zero mean and unit std (uniform ones stay zero), so
+    brightness and contrast do not matter and the inverted image's vector is the negative.
+    """
+    import cv2
+
+    out = np.empty((gray.shape[0], size * size), dtype=np.float32)
+    for i, g in enumerate(np.asarray(gray, dtype=np.float32)):
+        small = cv2.resize(np.ascontiguousarray(g), (size, size), interpolation=cv2.INTER_AREA).ravel()
+        small = small - small.mean()
+        sd = float(small.std())
+        out[i] = small / sd if sd > 1e-4 else small
+    return out
 
 
 def fit_ppca(features: np.ndarray, n_components: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
@@ -168,7 +181,8 @@ def fit_ppca(features: np.ndarray, n_components: int) -> tuple[np.ndarray, np.nd
     floor = max(float(values[0]) * 1e-9, 1e-12)
     kept = np.maximum(values[:k], floor)
     residual = max(float(values[k:].mean()), floor)
-    return lw.location_.astype(np.float32), vectors[:, :k].astype(np.float32), kept.astype(np.float32), residual
+    components = np.ascontiguousarray(vectors[:, :k], dtype=np.float32)
+    return lw.location_.astype(np.float32), components, kept.astype(np.float32), residual
 
 
 def content_check(gray: np.ndarray, min_std: float, min_corr: float) -> tuple[list[str | None], np.ndarray, np.ndarray]:
@@ -312,73 +326,46 @@ class InputGate:
         path = loaded.folder / spec.file
         return cls(read_params(path, spec.sha256 if verify_sha256 else None), spec, loaded.manifest.preprocessing)
 
-    def first_pass(self, inputs: np.ndarray, features: np.ndarray) -> list[GateVerdict]:
-        """Verdicts from the pass that made ``features`` (no extra forward).
+    def scores(self, inputs: np.ndarray, features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(N,)`` feature scores, layout scores and layout scores of the inverted images."""
+        layout = layout_vectors(inputs_to_gray(inputs, self.pre), self.spec.layout_size)
+        return self.params.features.score(features), self.params.layout.score(layout), self.params.layout.score(-layout)
 
-        Images that fail the score get ``NOT_CHEST_RADIOGRAPH`` here;
-        :meth:`refine` may turn that into ``INVERTED_GRAYSCALE``.
+    def judge(self, inputs: np.ndarray, features: np.ndarray) -> list[GateVerdict]:
+        """Verdicts for a batch from its inputs and the features of the pass that made them.
 
         Args:
             inputs: ``(N, C, S, S)`` prepared inputs.
-            features: ``(N, D)`` their pooled features.
+            features: ``(N, D)`` their pooled pre-logits features.
         """
         spec = self.spec
         reasons, _std, _corr = content_check(inputs_to_gray(inputs, self.pre), spec.min_gray_std, spec.min_neighbour_corr)
-        scores = self.params.score(features)
-        p_inv = self.params.inverted_probability(features)
+        feat, lay, lay_inv = self.scores(inputs, features)
         verdicts: list[GateVerdict] = []
-        for reason, score, p in zip(reasons, scores, p_inv):
-            s = float(score)
+        for reason, f, s, s_inv in zip(reasons, feat, lay, lay_inv):
+            score = max(float(f) / spec.threshold, float(s) / spec.layout_threshold)
+            if not math.isfinite(score):
+                score = float("inf")
+            detail = (
+                f"feature score {f:.2f} (limit {spec.threshold:.2f}), layout score {s:.2f} "
+                f"(limit {spec.layout_threshold:.2f}, inverted {s_inv:.2f})"
+            )
             if reason is not None:
-                verdicts.append(_gated(NotAssessedReason.NO_IMAGE_CONTENT, s, spec.threshold, reason))
-            elif not math.isfinite(s) or s > spec.threshold:
+                verdicts.append(_gated(NotAssessedReason.NO_IMAGE_CONTENT, score, reason))
+            elif s_inv <= spec.layout_threshold and s > spec.inverted_ratio * s_inv:
                 verdicts.append(
-                    _gated(NotAssessedReason.NOT_CHEST_RADIOGRAPH, s, spec.threshold, f"OOD score {s:.2f} > {spec.threshold:.2f}")
+                    _gated(NotAssessedReason.INVERTED_GRAYSCALE, score,
+                           f"grayscale looks inverted (check PhotometricInterpretation): {detail}")
                 )
-            elif p >= spec.inverted_probability:
-                verdicts.append(
-                    _gated(
-                        NotAssessedReason.INVERTED_GRAYSCALE, s, spec.threshold,
-                        f"inverted-chest probability {p:.2f} >= {spec.inverted_probability:.2f}",
-                    )
-                )
+            elif score > 1.0:
+                verdicts.append(_gated(NotAssessedReason.NOT_CHEST_RADIOGRAPH, score, detail))
             else:
-                verdicts.append(
-                    GateVerdict(True, None, s, spec.threshold, f"OOD score {s:.2f} <= {spec.threshold:.2f}")
-                )
+                verdicts.append(GateVerdict(True, None, score, 1.0, detail))
         return verdicts
 
-    def refine(self, inputs: torch.Tensor, verdicts: list[GateVerdict], features_of: FeatureFn) -> list[GateVerdict]:
-        """Tell inverted chests apart among the images that failed the score.
 
-        Runs ``features_of`` once, on the inverted images of those that failed (nothing
-        when none did).
-
-        Args:
-            inputs: ``(N, C, S, S)`` prepared inputs (the same batch).
-            verdicts: from :meth:`first_pass`.
-            features_of: a forward pass returning pooled features.
-        """
-        failing = [i for i, v in enumerate(verdicts) if v.reason is NotAssessedReason.NOT_CHEST_RADIOGRAPH]
-        if not failing:
-            return verdicts
-        index = torch.as_tensor(failing, device=inputs.device)
-        inverted = features_of(invert_inputs(inputs.index_select(0, index), self.pre))
-        scores = self.params.score(inverted)
-        out = list(verdicts)
-        for i, s_inv in zip(failing, scores):
-            s = out[i].score
-            if float(s_inv) <= self.spec.threshold and float(s_inv) < s:
-                out[i] = _gated(
-                    NotAssessedReason.INVERTED_GRAYSCALE, s, self.spec.threshold,
-                    f"OOD score {s:.2f} > {self.spec.threshold:.2f}, inverted {float(s_inv):.2f}: "
-                    "grayscale looks inverted (check PhotometricInterpretation)",
-                )
-        return out
-
-
-def _gated(reason: NotAssessedReason, score: float, threshold: float, detail: str) -> GateVerdict:
-    return GateVerdict(False, reason, score, threshold, detail)
+def _gated(reason: NotAssessedReason, score: float, detail: str) -> GateVerdict:
+    return GateVerdict(False, reason, score, 1.0, detail)
 
 
 def read_params(path: Path, sha256: str | None) -> GateParams:

@@ -71,15 +71,19 @@ class GateSpec(BaseModel):
     """The model's input gate (``dicomnode.inference.gate``), written by ``dicomnode gate fit``.
 
     Attributes:
-        method: ``"ppca-mahalanobis"``: squared Mahalanobis distance / D of the pooled
-            pre-logits features under a PPCA (Ledoit-Wolf) covariance.
+        method: ``"ppca-mahalanobis"``: squared Mahalanobis distance / D under a PPCA
+            (Ledoit-Wolf) covariance, of the pooled pre-logits features and of a
+            standardised thumbnail (the layout score).
         file: parameters file beside the manifest, e.g. ``gate.safetensors``.
         sha256: hex sha256 of that file.
-        threshold: score above which an image is gated (chosen on validation chests).
+        threshold: feature score above which an image is gated (chosen on validation chests).
         feature_dim: D, the classifier's input width (1280 for EfficientNet-Lite0).
-        n_components: k principal directions of the covariance.
-        inverted_probability: an image passing the score is still gated as inverted
-            grayscale when the logistic regression says at least this.
+        n_components: k principal directions of the feature covariance.
+        layout_threshold: layout score above which an image is gated.
+        layout_size: thumbnail side in pixels (layout vector of ``layout_size**2`` values).
+        layout_components: k principal directions of the layout covariance.
+        inverted_ratio: inverted grayscale when the layout score exceeds this many times
+            the inverted image's layout score (and the latter passes).
         min_gray_std: gray standard deviation (display units [0, 1] at the model's input
             size) below which an image has no content.
         min_neighbour_corr: lag-1 neighbour correlation below which it is noise.
@@ -99,7 +103,10 @@ class GateSpec(BaseModel):
     threshold: float = Field(gt=0)
     feature_dim: int = Field(ge=1)
     n_components: int = Field(ge=1)
-    inverted_probability: float = Field(default=0.99, gt=0, le=1)
+    layout_threshold: float = Field(gt=0)
+    layout_size: int = Field(default=24, ge=4, le=128)
+    layout_components: int = Field(default=8, ge=1)
+    inverted_ratio: float = Field(default=1.0, gt=0)
     min_gray_std: float = Field(default=0.02, ge=0)
     min_neighbour_corr: float = Field(default=0.3, ge=-1, le=1)
     fit_set: str = ""

@@ -236,8 +236,7 @@ class ModelRunner:
         :attr:`Prediction.top_index`. Predictions come from the Grad-CAM pass itself;
         when no image needs a heatmap only the cheaper inference-mode pass runs. The
         gate reads the pooled features of that same pass; images it gates get no
-        heatmap. One extra inference pass runs only for the images that fail the gate's
-        score (on their inversion, to tell an inverted chest from a non-chest).
+        heatmap; the gate needs no extra pass.
 
         Args:
             batch: ``(N, C, S, S)`` float32, normalised.
@@ -261,7 +260,7 @@ class ModelRunner:
         if not any(mask):
             predictions_only, features = self._predict_with_features(inputs)
             if self.gate is not None and features is not None:
-                verdicts = self._judge(batch, inputs, features)
+                verdicts = self.gate.judge(batch, features)
             return BatchAnalysis(predictions_only, [None] * n, verdicts)
         predictions: list[Prediction] = []
 
@@ -270,7 +269,7 @@ class ModelRunner:
             def choose(logits: torch.Tensor) -> list[int | None]:
                 predictions.extend(self._to_predictions(logits, n))
                 if self.gate is not None:
-                    verdicts[:] = self.gate.first_pass(batch, _single_capture(captured, n))
+                    verdicts[:] = self.gate.judge(batch, _single_capture(captured, n))
                 chosen: list[int | None] = []
                 for prediction, wanted, verdict in zip(predictions, mask, verdicts):
                     k = prediction.top_index
@@ -284,8 +283,6 @@ class ModelRunner:
                 return chosen
 
             cams = self._explain_tensor(inputs, choose)
-        if self.gate is not None:
-            verdicts = self.gate.refine(inputs, verdicts, self._features_of)
         heatmaps: list[np.ndarray | None] = [
             cams.heatmaps[i] if cams.explained[i] and verdicts[i].assessable else None
             for i in range(n)
@@ -341,21 +338,6 @@ class ModelRunner:
         except Exception as exc:  # torch raises many types; one job fails, not the node
             raise InferenceError(f"forward pass of {self.manifest.name!r} failed: {exc}") from exc
         return self._to_predictions(logits, n), features
-
-    def _features_of(self, inputs: torch.Tensor) -> np.ndarray:
-        """``(M, D)`` pooled features of an extra inference pass (the gate's inversion check)."""
-        try:
-            return pooled_features(self.model, inputs)[1]
-        except DicomNodeError:
-            raise
-        except Exception as exc:
-            raise InferenceError(f"gate forward pass of {self.manifest.name!r} failed: {exc}") from exc
-
-    def _judge(self, batch: np.ndarray, inputs: torch.Tensor, features: np.ndarray) -> list[GateVerdict]:
-        if self.gate is None:
-            return [GateVerdict.accepted() for _ in range(int(inputs.shape[0]))]
-        verdicts = self.gate.first_pass(batch, features)
-        return self.gate.refine(inputs, verdicts, self._features_of)
 
     def _explain_tensor(self, inputs: torch.Tensor, choose: Chooser) -> CamBatch:
         try:

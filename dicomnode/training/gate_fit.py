@@ -7,20 +7,21 @@
    as is and ``augment_copies`` times strongly augmented (crop, rotation, CLAHE,
    contrast, gamma), so adult, PA and differently exposed chests stay in distribution;
 2. the PPCA-Mahalanobis score fitted on them (Ledoit-Wolf covariance);
-3. a logistic regression upright vs inverted on the same training features (the only
-   negatives used in fitting: inverted training chests);
-4. the threshold: the smallest score that lets ``target_acceptance`` of the grouped
-   validation chests through; the acceptance is also measured two-fold (threshold from
-   one half of the validation patients, measured on the other), which is the honest figure;
+3. the layout score (standardised ``layout_size`` thumbnails) fitted on the same images;
+   no negative image is used in fitting;
+4. the thresholds: both at the same validation quantile, the smallest that lets
+   ``target_acceptance`` of the grouped validation chests pass every check (content,
+   both scores, inversion); the acceptance is also measured two-fold (quantile chosen on
+   one half of the validation patients, measured on the other), the honest figure;
 5. ``gate.safetensors`` and the manifest's ``gate`` section (weights untouched).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -53,7 +54,8 @@ class GateFitConfig:
         data: the dataset the model was trained on.
         max_images: training images used for the fit (random, seeded), before augmentation.
         augment_copies: augmented copies per training image.
-        n_components: k of the PPCA covariance.
+        n_components: k of the feature PPCA covariance.
+        layout_size: thumbnail side of the layout score; layout_components: its k.
         target_acceptance: fraction of validation chests that must pass.
         batch_size: images per forward pass.
         device: ``cpu``, ``cuda``, ``auto``.
@@ -66,6 +68,8 @@ class GateFitConfig:
     max_images: int = 1500
     augment_copies: int = 1
     n_components: int = 64
+    layout_size: int = 24
+    layout_components: int = 8
     target_acceptance: float = 0.99
     batch_size: int = 64
     device: str = "cpu"
@@ -80,7 +84,6 @@ class GateFitResult:
 
     manifest_path: Path
     spec: GateSpec
-    val_scores: np.ndarray = field(repr=False)
 
 
 def split_params(loaded: LoadedManifest) -> tuple[float, int]:
@@ -134,30 +137,20 @@ def inputs_of_grays(grays: Sequence[np.ndarray], pre: Preprocessing) -> np.ndarr
     return np.stack([gray_to_input(g, pre) for g in grays]) if grays else np.empty((0,), np.float32)
 
 
-def threshold_for(scores: np.ndarray, target: float) -> float:
-    """Smallest threshold with at least ``target`` of ``scores`` at or below it."""
-    ordered = np.sort(np.asarray(scores, dtype=np.float64))
-    k = max(1, math.ceil(target * ordered.size))
-    return float(ordered[k - 1])
+def quantile_for(acceptance: Callable[[float], float], target: float) -> float:
+    """Smallest quantile q in [target, 1] (steps of 0.0005) with ``acceptance(q) >= target``."""
+    for q in np.arange(target, 1.0, 0.0005):
+        if acceptance(float(q)) >= target:
+            return float(q)
+    return 1.0
 
 
-def two_fold_acceptance(scores: np.ndarray, groups: Sequence[str] | None, target: float) -> float:
-    """Acceptance when the threshold comes from one half of the patients and is measured on the other."""
-    n = scores.size
-    keys = list(groups) if groups is not None else [str(i) for i in range(n)]
+def _halves(groups: Sequence[str] | None, n: int) -> np.ndarray:
+    """0/1 per image, by a hash of its patient key (stable across runs)."""
     import hashlib
 
-    half = np.array([int(hashlib.sha1(k.encode()).hexdigest(), 16) % 2 for k in keys])
-    passed = 0
-    total = 0
-    for fold in (0, 1):
-        fit, test = scores[half == fold], scores[half != fold]
-        if fit.size == 0 or test.size == 0:
-            continue
-        thr = threshold_for(fit, target)
-        passed += int((test <= thr).sum())
-        total += test.size
-    return passed / total if total else float("nan")
+    keys = list(groups) if groups is not None else [str(i) for i in range(n)]
+    return np.array([int(hashlib.sha1(k.encode()).hexdigest(), 16) % 2 for k in keys])
 
 
 def _gray_getter(data: LabeledImages, indices: np.ndarray, rng: np.random.Generator | None, max_side: int) -> Callable[[int], np.ndarray]:
@@ -177,14 +170,15 @@ def fit_gate(config: GateFitConfig) -> GateFitResult:
         ModelError: the model cannot be loaded.
         DataError: the data cannot be read or the split is empty.
     """
-    from sklearn.linear_model import LogisticRegression
-
     from dicomnode.inference.gate import (
         GATE_FILENAME,
         GATE_METHOD,
         GateParams,
         InputGate,
-        fit_ppca,
+        PpcaScore,
+        content_check,
+        inputs_to_gray,
+        layout_vectors,
         write_params,
     )
     from dicomnode.inference.manifest import GateSpec, write_manifest
@@ -208,59 +202,72 @@ def fit_gate(config: GateFitConfig) -> GateFitResult:
     max_side = 2 * pre.input_size
     kw = {"device": device, "batch_size": config.batch_size}
     logger.info("gate: features of %d training images (+%d augmented copies)", chosen.size, config.augment_copies)
-    parts = [features_of_grays(model, _gray_getter(train, chosen, None, max_side), chosen.size, pre, **kw)]  # type: ignore[arg-type]
-    inverted_parts = [features_of_grays(model, _gray_getter(train, chosen, None, max_side), chosen.size, pre, invert=True, **kw)]  # type: ignore[arg-type]
+    originals = [train.gray(int(i)) for i in chosen]
+    copies = [originals]
     for _ in range(config.augment_copies):
         get = _gray_getter(train, chosen, rng, max_side)
-        augmented = [get(i) for i in range(chosen.size)]
-        parts.append(features_of_grays(model, augmented, chosen.size, pre, **kw))  # type: ignore[arg-type]
-        inverted_parts.append(features_of_grays(model, augmented, chosen.size, pre, invert=True, **kw))  # type: ignore[arg-type]
+        copies.append([get(i) for i in range(chosen.size)])
+    parts: list[np.ndarray] = []
+    layout_parts: list[np.ndarray] = []
+    for grays in copies:
+        parts.append(features_of_grays(model, grays, len(grays), pre, **kw))  # type: ignore[arg-type]
+        layout_parts.append(layout_vectors(inputs_to_gray(inputs_of_grays(grays, pre), pre), config.layout_size))
     fit_features = np.concatenate(parts)
-    inverted_features = np.concatenate(inverted_parts)
-    mean, components, eigenvalues, residual = fit_ppca(fit_features, config.n_components)
-    scale = fit_features.std(axis=0).astype(np.float32) + np.float32(1e-6)
-    lr_x = (np.concatenate([fit_features, inverted_features]) - mean) / scale
-    lr_y = np.concatenate([np.zeros(len(fit_features)), np.ones(len(inverted_features))])
-    lr = LogisticRegression(C=0.05, max_iter=3000).fit(lr_x, lr_y)
+    fit_layout = np.concatenate(layout_parts)
     params = GateParams(
-        mean=mean, components=components, eigenvalues=eigenvalues, residual_variance=residual,
-        inverted_weights=lr.coef_[0].astype(np.float32), inverted_bias=float(lr.intercept_[0]), scale=scale,
+        features=PpcaScore.fit(fit_features, config.n_components),
+        layout=PpcaScore.fit(fit_layout, config.layout_components),
     )
-
     logger.info("gate: features of %d validation images", len(val))
-    val_features = features_of_grays(model, val.gray, len(val), pre, **kw)  # type: ignore[arg-type]
-    val_scores = params.score(val_features)
-    threshold = threshold_for(val_scores, config.target_acceptance)
+    val_grays = [val.gray(i) for i in range(len(val))]
+    val_features = features_of_grays(model, val_grays, len(val), pre, **kw)  # type: ignore[arg-type]
+    val_inputs = inputs_of_grays(val_grays, pre)
+    probe = GateSpec(
+        sha256="0" * 64, threshold=1.0, feature_dim=params.dim, n_components=config.n_components,
+        layout_threshold=1.0, layout_size=config.layout_size, layout_components=config.layout_components,
+    )
+    feat, lay, lay_inv = InputGate(params, probe, pre).scores(val_inputs, val_features)
+    content, _std, _corr = content_check(inputs_to_gray(val_inputs, pre), probe.min_gray_std, probe.min_neighbour_corr)
+    usable = np.array([r is None for r in content]) & ~((lay_inv <= lay.max()) & (lay > probe.inverted_ratio * lay_inv))
+
+    def accepted_at(q: float, rows: np.ndarray, ref: np.ndarray) -> float:
+        tf, tl = float(np.quantile(feat[ref], q)), float(np.quantile(lay[ref], q))
+        ok = usable & (feat <= tf) & (lay <= tl) & ~((lay_inv <= tl) & (lay > probe.inverted_ratio * lay_inv))
+        return float(ok[rows].mean())
+
+    everything = np.ones(len(val), dtype=bool)
+    q = quantile_for(lambda q_: accepted_at(q_, everything, everything), config.target_acceptance)
+    feature_threshold, layout_threshold = float(np.quantile(feat, q)), float(np.quantile(lay, q))
+    half = _halves(val.groups, len(val))
+    two_fold = []
+    for fold in (0, 1):
+        ref, rows = half == fold, half != fold
+        q_fold = quantile_for(partial(accepted_at, rows=ref, ref=ref), config.target_acceptance)
+        two_fold.append(accepted_at(q_fold, rows, ref) * rows.sum())
     folder = loaded.folder
     sha = write_params(params, folder / GATE_FILENAME)
     spec = GateSpec(
-        method=GATE_METHOD, file=GATE_FILENAME, sha256=sha, threshold=threshold,
-        feature_dim=params.dim, n_components=int(eigenvalues.shape[0]),
+        method=GATE_METHOD, file=GATE_FILENAME, sha256=sha, threshold=feature_threshold,
+        feature_dim=params.dim, n_components=int(params.features.eigenvalues.shape[0]),
+        layout_threshold=layout_threshold, layout_size=config.layout_size,
+        layout_components=int(params.layout.eigenvalues.shape[0]),
         fit_set=(
             f"{train.description}: training split (val_fraction {fraction}, seed {seed}), "
-            f"{chosen.size} images + {config.augment_copies} strongly augmented copies each "
-            f"(seed {config.seed}); inverted copies for the inverted-grayscale regression"
+            f"{chosen.size} images + {config.augment_copies} strongly augmented copies each (seed {config.seed})"
         ),
-        n_fit=int(fit_features.shape[0]), target_acceptance=config.target_acceptance,
-        n_val=len(val),
+        n_fit=int(fit_features.shape[0]), target_acceptance=config.target_acceptance, n_val=len(val),
     )
-    # measured acceptance with every check (content, score, inverted-chest regression)
-    gate = InputGate(params, spec, pre)
-    accepted = 0
-    for start in range(0, len(val), config.batch_size):
-        idx = range(start, min(len(val), start + config.batch_size))
-        inputs = inputs_of_grays([val.gray(i) for i in idx], pre)
-        accepted += sum(v.assessable for v in gate.first_pass(inputs, val_features[start : start + len(idx)]))
+    verdicts = InputGate(params, spec, pre).judge(val_inputs, val_features)
     spec = spec.model_copy(update={
-        "val_acceptance": accepted / len(val),
+        "val_acceptance": sum(v.assessable for v in verdicts) / len(val),
         "validation": {
-            "val_acceptance_score_only": float((val_scores <= threshold).mean()),
-            "val_acceptance_two_fold": two_fold_acceptance(val_scores, val.groups, config.target_acceptance),
-            "val_score_median": float(np.median(val_scores)),
-            "fit_score_median": float(np.median(params.score(fit_features))),
+            "val_quantile": q,
+            "val_acceptance_two_fold": float(sum(two_fold) / len(val)),
+            "val_feature_score_median": float(np.median(feat)),
+            "val_layout_score_median": float(np.median(lay)),
         },
     })
     updated = manifest.model_copy(update={"gate": spec})
     path = write_manifest(updated, folder)
-    logger.info("gate written: %s (threshold %.3f, validation acceptance %.4f)", folder / GATE_FILENAME, threshold, spec.val_acceptance)
-    return GateFitResult(manifest_path=path, spec=spec, val_scores=val_scores)
+    logger.info("gate written: %s (validation acceptance %.4f)", folder / GATE_FILENAME, spec.val_acceptance)
+    return GateFitResult(manifest_path=path, spec=spec)
