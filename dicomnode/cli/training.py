@@ -65,8 +65,11 @@ def train(
     description: Annotated[str, typer.Option(help="Free text for the manifest.")] = "",
     recipe: Annotated[str, typer.Option(help="Command or recipe file that reproduces the run (for the manifest).")] = "",
     log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
+    gate: Annotated[
+        bool, typer.Option("--gate/--no-gate", help="Fit the input gate at the end (same as `dicomnode gate fit`).")
+    ] = True,
 ) -> None:
-    """Train a classifier and write a model folder (manifest + safetensors + metrics + plots)."""
+    """Train a classifier and write a model folder (manifest + safetensors + metrics + plots + input gate)."""
     _configure_logging(log_level.upper())
     from dicomnode.training.datasets import DataFormat
     from dicomnode.training.loop import TrainConfig
@@ -97,6 +100,17 @@ def train(
         f"wrote {result.out / 'manifest.json'}: val AUC {report.get('auc', float('nan')):.4f}, "
         f"threshold {result.manifest.thresholds[0]:.4f} ({result.manifest.threshold_policy}), best epoch {result.best_epoch}"
     )
+    if gate:
+        from dicomnode.training.gate_fit import GateFitConfig, fit_gate
+
+        try:
+            fitted = fit_gate(GateFitConfig(model=str(result.out), data=data, fmt=fmt, images_dir=images_dir, device=device))
+        except DicomNodeError as exc:
+            _fail(f"model written, but fitting its input gate failed: {exc} (retry with `dicomnode gate fit`)")
+        typer.echo(
+            f"input gate: {fitted.manifest_path.parent / fitted.spec.file}, "
+            f"validation acceptance {fitted.spec.val_acceptance:.4f} (n={fitted.spec.n_val})"
+        )
 
 
 def evaluate(
