@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("DICOMNODE_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 sys.path.insert(0, str(REPO_ROOT))
 from dicomnode.training.gate_eval import evaluate_gate
 
@@ -20,8 +22,8 @@ from dicomnode.training.gate_eval import evaluate_gate
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="default")
-    parser.add_argument("--data", type=Path, default=REPO_ROOT.parent / "shared" / "data" / "kermany_224" / "train")
-    parser.add_argument("--dicom-dir", type=Path, default=REPO_ROOT.parent / "shared" / "data" / "dicom")
+    parser.add_argument("--data", type=Path, default=SHARED / "kermany_224" / "train")
+    parser.add_argument("--dicom-dir", type=Path, default=SHARED / "dicom")
     parser.add_argument("--max-val", type=int, default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", action="store_true")

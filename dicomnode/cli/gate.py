@@ -23,9 +23,13 @@ def _fail(message: str) -> NoReturn:
 
 
 def _shared_dicom_default() -> Path | None:
+    import os
+
     from dicomnode.inference.registry import models_dir
 
-    candidate = models_dir().resolve().parents[1] / "shared" / "data" / "dicom"
+    shared = os.environ.get("DICOMNODE_SHARED_DATA")
+    root = Path(shared) if shared else models_dir().resolve().parents[1] / "shared" / "data"
+    candidate = root / "dicom"
     return candidate if candidate.is_dir() else None
 
 
@@ -70,7 +74,7 @@ def evaluate(
     model: Annotated[str, typer.Option(help="Model name (models/<name>) or manifest path/folder.")],
     data: Annotated[Path | None, typer.Option(help="The training dataset (validation chests); omit to skip them.")] = None,
     dicom_dir: Annotated[
-        Path | None, typer.Option("--dicom-dir", help="Folder with RG1/RG3/SIIM/NIH/Fake_MONOHR1 (default ../shared/data/dicom).")
+        Path | None, typer.Option("--dicom-dir", help="Folder with RG1/RG3/SIIM/NIH/Fake_MONOHR1 (default $DICOMNODE_SHARED_DATA/dicom or ../shared/data/dicom).")
     ] = None,
     max_val: Annotated[int | None, typer.Option("--max-val", min=1, help="At most this many validation chests.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda.")] = "auto",

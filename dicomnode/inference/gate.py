@@ -1,8 +1,8 @@
 """The input gate: is this image a frontal chest radiograph of the kind the model handles?
 
 Decided per image from the pixels, before any finding is asserted, so it holds when the
-header lies. All checks use the batch the model already gets and the features of its
-one forward pass; no extra pass runs.
+header lies. The checks use the batch the model already gets and the features of its
+one forward pass; an extra pass runs only for images that look inverted.
 
 1. **Content**: a nearly uniform image (gray std below ``GateSpec.min_gray_std``) or
    pure noise (lag-1 neighbour correlation below ``GateSpec.min_neighbour_corr``)
@@ -20,8 +20,9 @@ one forward pass; no extra pass runs.
 4. **Inverted grayscale**: a standardised thumbnail's inversion is its negative, so the
    layout score of the inverted image costs nothing. When the inversion fits the
    training chests clearly better (score ratio above ``GateSpec.inverted_ratio``) and
-   passes the layout threshold -> ``INVERTED_GRAYSCALE`` (a chest with a wrong
-   photometric interpretation), whether or not the original passed.
+   passes the layout threshold, one extra forward pass on the inverted image (for those
+   images only) checks the model's features agree -> ``INVERTED_GRAYSCALE`` (a chest
+   with a wrong photometric interpretation), whether or not the original passed.
 
 ``GateVerdict.score`` is the larger of the two scores divided by its threshold (gated
 above 1.0); the detail line gives both. Parameters live beside the weights
@@ -33,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -362,6 +363,37 @@ class InputGate:
             else:
                 verdicts.append(GateVerdict(True, None, score, 1.0, detail))
         return verdicts
+
+
+    def confirm_inverted(
+        self, inputs: torch.Tensor, verdicts: list[GateVerdict], features_of: Callable[[torch.Tensor], np.ndarray]
+    ) -> list[GateVerdict]:
+        """Keep ``INVERTED_GRAYSCALE`` only where the inverted image's features pass too.
+
+        Runs ``features_of`` (one extra forward pass) on the inverted images of the
+        verdicts that say inverted, and nothing when none does. An image whose inversion
+        the model's features still find strange (e.g. a reversed gradient) becomes
+        ``NOT_CHEST_RADIOGRAPH``.
+
+        Args:
+            inputs: ``(N, C, S, S)`` prepared inputs (the judged batch).
+            verdicts: from :meth:`judge`.
+            features_of: a forward pass returning ``(M, D)`` pooled features.
+        """
+        rows = [i for i, v in enumerate(verdicts) if v.reason is NotAssessedReason.INVERTED_GRAYSCALE]
+        if not rows:
+            return verdicts
+        index = torch.as_tensor(rows, device=inputs.device)
+        scores = self.params.features.score(features_of(invert_inputs(inputs.index_select(0, index), self.pre)))
+        out = list(verdicts)
+        for i, s in zip(rows, scores):
+            if not float(s) <= self.spec.threshold:
+                v = out[i]
+                out[i] = _gated(
+                    NotAssessedReason.NOT_CHEST_RADIOGRAPH, v.score,
+                    f"{v.detail.split(': ', 1)[-1]}; inverted image's feature score {float(s):.2f} also too high",
+                )
+        return out
 
 
 def _gated(reason: NotAssessedReason, score: float, detail: str) -> GateVerdict:

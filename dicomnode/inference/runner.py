@@ -236,7 +236,8 @@ class ModelRunner:
         :attr:`Prediction.top_index`. Predictions come from the Grad-CAM pass itself;
         when no image needs a heatmap only the cheaper inference-mode pass runs. The
         gate reads the pooled features of that same pass; images it gates get no
-        heatmap; the gate needs no extra pass.
+        heatmap. One extra inference pass runs only for images that look inverted (on
+        their inversion, to confirm it).
 
         Args:
             batch: ``(N, C, S, S)`` float32, normalised.
@@ -260,7 +261,7 @@ class ModelRunner:
         if not any(mask):
             predictions_only, features = self._predict_with_features(inputs)
             if self.gate is not None and features is not None:
-                verdicts = self.gate.judge(batch, features)
+                verdicts = self.gate.confirm_inverted(inputs, self.gate.judge(batch, features), self._features_of)
             return BatchAnalysis(predictions_only, [None] * n, verdicts)
         predictions: list[Prediction] = []
 
@@ -283,6 +284,8 @@ class ModelRunner:
                 return chosen
 
             cams = self._explain_tensor(inputs, choose)
+        if self.gate is not None:
+            verdicts = self.gate.confirm_inverted(inputs, verdicts, self._features_of)
         heatmaps: list[np.ndarray | None] = [
             cams.heatmaps[i] if cams.explained[i] and verdicts[i].assessable else None
             for i in range(n)
@@ -338,6 +341,15 @@ class ModelRunner:
         except Exception as exc:  # torch raises many types; one job fails, not the node
             raise InferenceError(f"forward pass of {self.manifest.name!r} failed: {exc}") from exc
         return self._to_predictions(logits, n), features
+
+    def _features_of(self, inputs: torch.Tensor) -> np.ndarray:
+        """``(M, D)`` pooled features of an extra inference pass (the gate's inversion check)."""
+        try:
+            return pooled_features(self.model, inputs)[1]
+        except DicomNodeError:
+            raise
+        except Exception as exc:  # torch raises many types; one job fails, not the node
+            raise InferenceError(f"gate forward pass of {self.manifest.name!r} failed: {exc}") from exc
 
     def _explain_tensor(self, inputs: torch.Tensor, choose: Chooser) -> CamBatch:
         try:

@@ -228,11 +228,14 @@ def fit_gate(config: GateFitConfig) -> GateFitResult:
     )
     feat, lay, lay_inv = InputGate(params, probe, pre).scores(val_inputs, val_features)
     content, _std, _corr = content_check(inputs_to_gray(val_inputs, pre), probe.min_gray_std, probe.min_neighbour_corr)
-    usable = np.array([r is None for r in content]) & ~((lay_inv <= lay.max()) & (lay > probe.inverted_ratio * lay_inv))
+    usable = np.array([r is None for r in content])
+    # upright chests fit better than their inversion (ratio < 1); keep 1.0 unless the
+    # validation chests say otherwise (data without a consistent layout)
+    inverted_ratio = max(1.0, 1.05 * float(np.quantile(lay / np.maximum(lay_inv, 1e-12), 0.999)))
 
     def accepted_at(q: float, rows: np.ndarray, ref: np.ndarray) -> float:
         tf, tl = float(np.quantile(feat[ref], q)), float(np.quantile(lay[ref], q))
-        ok = usable & (feat <= tf) & (lay <= tl) & ~((lay_inv <= tl) & (lay > probe.inverted_ratio * lay_inv))
+        ok = usable & (feat <= tf) & (lay <= tl) & ~((lay_inv <= tl) & (lay > inverted_ratio * lay_inv))
         return float(ok[rows].mean())
 
     everything = np.ones(len(val), dtype=bool)
@@ -250,7 +253,7 @@ def fit_gate(config: GateFitConfig) -> GateFitResult:
         method=GATE_METHOD, file=GATE_FILENAME, sha256=sha, threshold=feature_threshold,
         feature_dim=params.dim, n_components=int(params.features.eigenvalues.shape[0]),
         layout_threshold=layout_threshold, layout_size=config.layout_size,
-        layout_components=int(params.layout.eigenvalues.shape[0]),
+        layout_components=int(params.layout.eigenvalues.shape[0]), inverted_ratio=inverted_ratio,
         fit_set=(
             f"{train.description}: training split (val_fraction {fraction}, seed {seed}), "
             f"{chosen.size} images + {config.augment_copies} strongly augmented copies each (seed {config.seed})"

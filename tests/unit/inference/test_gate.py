@@ -208,3 +208,28 @@ def test_gate_dimension_mismatch_is_a_model_error() -> None:
     params = make_params(rng.standard_normal((100, 6)), rng.standard_normal((100, LAYOUT * LAYOUT)), k=2)
     with pytest.raises(ModelError, match="re-fit"):
         InputGate(params, make_spec(params, 3.0, 3.0, feature_dim=7), PRE)
+
+
+def test_confirm_inverted_runs_one_pass_only_for_inverted_candidates() -> None:
+    rng = np.random.default_rng(0)
+    params = make_params(rng.standard_normal((300, 6)), rng.standard_normal((300, LAYOUT * LAYOUT)), k=2)
+    gate = InputGate(params, make_spec(params, 3.0, 3.0), PRE)
+    inputs = torch.from_numpy(to_inputs(smooth_images(3)))
+    first = [
+        GateVerdict(False, NotAssessedReason.INVERTED_GRAYSCALE, 4.0, 1.0, "grayscale looks inverted: x"),
+        GateVerdict(False, NotAssessedReason.INVERTED_GRAYSCALE, 4.0, 1.0, "grayscale looks inverted: x"),
+        GateVerdict(True, None, 0.5, 1.0),
+    ]
+    calls: list[int] = []
+
+    def features_of(batch: torch.Tensor) -> np.ndarray:
+        calls.append(int(batch.shape[0]))
+        close = params.features.mean[None, :].astype(np.float64)
+        return np.concatenate([close, close + 100.0])  # second inversion is no chest either
+
+    out = gate.confirm_inverted(inputs, first, features_of)
+    assert calls == [2]
+    assert out[0].reason is NotAssessedReason.INVERTED_GRAYSCALE
+    assert out[1].reason is NotAssessedReason.NOT_CHEST_RADIOGRAPH and not out[1].assessable
+    assert out[2].assessable
+    assert gate.confirm_inverted(inputs, [first[2]] * 3, features_of) == [first[2]] * 3 and calls == [2]
