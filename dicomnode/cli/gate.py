@@ -39,7 +39,9 @@ def fit(
     data: Annotated[Path, typer.Option(help="The dataset the model was trained on (its split is re-carved).")],
     max_images: Annotated[int, typer.Option("--max-images", min=10, help="Training images used (before augmentation).")] = 1500,
     augment_copies: Annotated[int, typer.Option("--augment-copies", min=0, help="Strongly augmented copies per image.")] = 1,
-    components: Annotated[int, typer.Option(min=1, help="Principal directions of the covariance.")] = 64,
+    components: Annotated[
+        int | None, typer.Option(min=1, help="Principal directions of the feature covariance (default: min(64, D/12)).")
+    ] = None,
     target_acceptance: Annotated[
         float, typer.Option("--target-acceptance", min=0.5, max=1.0, help="Fraction of validation chests that must pass.")
     ] = 0.99,

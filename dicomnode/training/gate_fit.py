@@ -54,7 +54,8 @@ class GateFitConfig:
         data: the dataset the model was trained on.
         max_images: training images used for the fit (random, seeded), before augmentation.
         augment_copies: augmented copies per training image.
-        n_components: k of the feature PPCA covariance.
+        n_components: k of the feature PPCA covariance; None = ``min(64, max(8, D // 12))``
+            (64 for EfficientNet-Lite0's 1280 features, 16 for ViT-Tiny's 192).
         layout_size: thumbnail side of the layout score; layout_components: its k.
         target_acceptance: fraction of validation chests that must pass.
         batch_size: images per forward pass.
@@ -67,7 +68,7 @@ class GateFitConfig:
     data: Path
     max_images: int = 1500
     augment_copies: int = 1
-    n_components: int = 64
+    n_components: int | None = None
     layout_size: int = 24
     layout_components: int = 8
     target_acceptance: float = 0.99
@@ -213,9 +214,11 @@ def fit_gate(config: GateFitConfig) -> GateFitResult:
         parts.append(features_of_grays(model, grays, len(grays), pre, **kw))  # type: ignore[arg-type]
         layout_parts.append(layout_vectors(inputs_to_gray(inputs_of_grays(grays, pre), pre), config.layout_size))
     fit_features = np.concatenate(parts)
+    d = int(fit_features.shape[1])
+    n_components = config.n_components or min(64, max(8, d // 12))
     fit_layout = np.concatenate(layout_parts)
     params = GateParams(
-        features=PpcaScore.fit(fit_features, config.n_components),
+        features=PpcaScore.fit(fit_features, n_components),
         layout=PpcaScore.fit(fit_layout, config.layout_components),
     )
     logger.info("gate: features of %d validation images", len(val))
@@ -223,7 +226,7 @@ def fit_gate(config: GateFitConfig) -> GateFitResult:
     val_features = features_of_grays(model, val_grays, len(val), pre, **kw)  # type: ignore[arg-type]
     val_inputs = inputs_of_grays(val_grays, pre)
     probe = GateSpec(
-        sha256="0" * 64, threshold=1.0, feature_dim=params.dim, n_components=config.n_components,
+        sha256="0" * 64, threshold=1.0, feature_dim=params.dim, n_components=n_components,
         layout_threshold=1.0, layout_size=config.layout_size, layout_components=config.layout_components,
     )
     feat, lay, lay_inv = InputGate(params, probe, pre).scores(val_inputs, val_features)
