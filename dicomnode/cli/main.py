@@ -16,7 +16,7 @@ import typer
 from typer.core import TyperGroup
 
 from dicomnode import __version__
-from dicomnode.cli import conformance, training
+from dicomnode.cli import conformance, gate, training
 from dicomnode.cli.db import db_app
 from dicomnode.config import DestinationSettings, Settings, load_settings
 from dicomnode.errors import DicomNodeError
@@ -80,6 +80,7 @@ app.command("site-threshold")(training.site_threshold)
 app.command("conformance")(conformance.conformance)
 app.add_typer(training.models_app, name="models")
 app.add_typer(db_app, name="db")
+app.add_typer(gate.gate_app, name="gate")
 
 
 @dataclass(frozen=True)

@@ -83,8 +83,11 @@ def train(
         float, typer.Option("--distill-weight", help="Weight of the teacher's soft targets (0-1].")
     ] = 0.5,
     log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
+    gate: Annotated[
+        bool, typer.Option("--gate/--no-gate", help="Fit the input gate at the end (same as `dicomnode gate fit`).")
+    ] = True,
 ) -> None:
-    """Train a classifier and write a model folder (manifest + safetensors + metrics + plots)."""
+    """Train a classifier and write a model folder (manifest + safetensors + metrics + plots + input gate)."""
     _configure_logging(log_level.upper())
     from dicomnode.training.datasets import DataFormat
     from dicomnode.training.loop import TrainConfig
@@ -117,6 +120,17 @@ def train(
         f"threshold {result.manifest.thresholds[0]:.4f} ({result.manifest.threshold_policy}), best epoch {result.best_epoch}"
     )
     typer.echo(_ci_line(report))
+    if gate:
+        from dicomnode.training.gate_fit import GateFitConfig, fit_gate
+
+        try:
+            fitted = fit_gate(GateFitConfig(model=str(result.out), data=data, fmt=fmt, images_dir=images_dir, device=device))
+        except DicomNodeError as exc:
+            _fail(f"model written, but fitting its input gate failed: {exc} (retry with `dicomnode gate fit`)")
+        typer.echo(
+            f"input gate: {fitted.manifest_path.parent / fitted.spec.file}, "
+            f"validation acceptance {fitted.spec.val_acceptance:.4f} (n={fitted.spec.n_val})"
+        )
 
 
 def evaluate(

@@ -99,6 +99,56 @@ class SiteValidation(BaseModel):
     at_source_threshold: dict[str, float] = Field(default_factory=dict)
 
 
+class GateSpec(BaseModel):
+    """The model's input gate (``dicomnode.inference.gate``), written by ``dicomnode gate fit``.
+
+    Attributes:
+        method: ``"ppca-mahalanobis"``: squared Mahalanobis distance / D under a PPCA
+            (Ledoit-Wolf) covariance, of the pooled pre-logits features and of a
+            standardised thumbnail (the layout score).
+        file: parameters file beside the manifest, e.g. ``gate.safetensors``.
+        sha256: hex sha256 of that file.
+        threshold: feature score above which an image is gated (chosen on validation chests).
+        feature_dim: D, the classifier's input width (1280 for EfficientNet-Lite0).
+        n_components: k principal directions of the feature covariance.
+        layout_threshold: layout score above which an image is gated.
+        layout_size: thumbnail side in pixels (layout vector of ``layout_size**2`` values).
+        layout_components: k principal directions of the layout covariance.
+        inverted_ratio: inverted grayscale when the layout score exceeds this many times
+            the inverted image's layout score (and the latter passes).
+        min_gray_std: gray standard deviation (display units [0, 1] at the model's input
+            size) below which an image has no content.
+        min_neighbour_corr: lag-1 neighbour correlation below which it is noise.
+        fit_set: what the score was fitted on (data, split, augmentation).
+        n_fit: images (with augmented copies) in the fit set.
+        target_acceptance: wanted fraction of validation chests passing.
+        val_acceptance: measured fraction of validation chests passing (all checks).
+        n_val: validation chests measured.
+        validation: further measured figures (e.g. rejection per negative category).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    method: Literal["ppca-mahalanobis"] = "ppca-mahalanobis"
+    file: str = "gate.safetensors"
+    sha256: str
+    threshold: float = Field(gt=0)
+    feature_dim: int = Field(ge=1)
+    n_components: int = Field(ge=1)
+    layout_threshold: float = Field(gt=0)
+    layout_size: int = Field(default=24, ge=4, le=128)
+    layout_components: int = Field(default=8, ge=1)
+    inverted_ratio: float = Field(default=1.0, gt=0)
+    min_gray_std: float = Field(default=0.02, ge=0)
+    min_neighbour_corr: float = Field(default=0.3, ge=-1, le=1)
+    fit_set: str = ""
+    n_fit: int = 0
+    target_acceptance: float = Field(default=0.99, gt=0, le=1)
+    val_acceptance: float | None = None
+    n_val: int = 0
+    validation: dict[str, float] = Field(default_factory=dict)
+
+
 class ModelManifest(BaseModel):
     """Description of one trained model (``models/<name>/manifest.json``).
 
@@ -137,6 +187,9 @@ class ModelManifest(BaseModel):
     )
     site_validation: SiteValidation | None = Field(
         default=None, description="set by site-threshold: the site's figures at the new and old thresholds"
+    )
+    gate: GateSpec | None = Field(
+        default=None, description="input gate on the pixels (None: every image is assessable)"
     )
 
     @field_validator("thresholds")

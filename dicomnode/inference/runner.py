@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,7 @@ from dicomnode.domain import GateVerdict, ModelIdentity, Prediction
 from dicomnode.errors import ConfigError, DicomNodeError, InferenceError, ModelError
 from dicomnode.explain.gradcam import CamTarget, Chooser, explain_batch, find_cam_target
 from dicomnode.inference.calibration import calibrated_probabilities
+from dicomnode.inference.gate import InputGate, capture_pre_logits, classifier_of, pooled_features
 from dicomnode.inference.manifest import LoadedManifest, ModelManifest
 
 if TYPE_CHECKING:
@@ -106,6 +108,8 @@ class ModelRunner:
         device: where the model runs; the model is moved there.
         thresholds: per-label overrides on top of ``manifest.thresholds``, e.g.
             ``{"pneumonia": 0.4}``.
+        gate: the model's input gate (:class:`~dicomnode.inference.gate.InputGate`);
+            None = every image is assessable.
 
     Raises:
         ConfigError: a threshold override names an unknown label or lies outside [0, 1].
@@ -118,8 +122,10 @@ class ModelRunner:
         manifest: ModelManifest,
         device: torch.device,
         thresholds: Mapping[str, float] | None = None,
+        gate: InputGate | None = None,
     ) -> None:
         self.manifest = manifest
+        self.gate = gate
         self.device = device
         self.thresholds = _merge_thresholds(manifest, thresholds)
         self._channels_last = _is_cnn(model)
@@ -133,13 +139,16 @@ class ModelRunner:
             param.requires_grad_(False)  # inference only; Grad-CAM needs no weight gradients
         self.model = model
         self.cam_target: CamTarget = find_cam_target(model, manifest.cam_target_layer)
+        if gate is not None:
+            classifier_of(model)  # the gate hooks the classifier's input: fail early without one
         logger.info(
-            "model %s v%s (%s) ready on %s, Grad-CAM layer %s",
+            "model %s v%s (%s) ready on %s, Grad-CAM layer %s, input gate %s",
             manifest.name,
             manifest.version,
             manifest.architecture,
             device,
             self.cam_target.path,
+            "on" if gate is not None else "off",
         )
 
     @classmethod
@@ -149,7 +158,9 @@ class ModelRunner:
         device: str = "auto",
         thresholds: Mapping[str, float] | None = None,
     ) -> ModelRunner:
-        """Build the model of a manifest, verify and load its weights, wrap it.
+        """Build the model of a manifest, verify and load its weights (and gate), wrap it.
+
+        The input gate is loaded when the manifest declares one (``manifest.gate``).
 
         Args:
             loaded: manifest and folder (``registry.resolve_manifest``).
@@ -158,13 +169,15 @@ class ModelRunner:
 
         Raises:
             ConfigError: bad device or thresholds.
-            ModelError: the weights are missing, do not match the sha256 or the architecture.
+            ModelError: the weights (or the gate file) are missing, do not match their
+                sha256 or the architecture.
         """
         from dicomnode.inference.registry import load_model
 
         torch_device = select_device(device)
         model = load_model(loaded, torch_device, verify_sha256=True)
-        return cls(model, loaded.manifest, torch_device, thresholds)
+        gate = InputGate.load(loaded, verify_sha256=True)
+        return cls(model, loaded.manifest, torch_device, thresholds, gate)
 
     @property
     def identity(self) -> ModelIdentity:
@@ -222,7 +235,10 @@ class ModelRunner:
 
         The explained label of an image is its reported one,
         :attr:`Prediction.top_index`. Predictions come from the Grad-CAM pass itself;
-        when no image needs a heatmap only the cheaper inference-mode pass runs.
+        when no image needs a heatmap only the cheaper inference-mode pass runs. The
+        gate reads the pooled features of that same pass; images it gates get no
+        heatmap. One extra inference pass runs only for images that look inverted (on
+        their inversion, to confirm it).
 
         Args:
             batch: ``(N, C, S, S)`` float32, normalised.
@@ -244,24 +260,39 @@ class ModelRunner:
             raise InferenceError(f"explain mask of {len(mask)} flags for {n} images")
         verdicts = [GateVerdict.accepted() for _ in range(n)]
         if not any(mask):
-            return BatchAnalysis(self._predict_tensor(inputs), [None] * n, verdicts)
+            predictions_only, features = self._predict_with_features(inputs)
+            if self.gate is not None and features is not None:
+                verdicts = self.gate.confirm_inverted(inputs, self.gate.judge(batch, features), self._features_of)
+            return BatchAnalysis(predictions_only, [None] * n, verdicts)
         predictions: list[Prediction] = []
 
-        def choose(logits: torch.Tensor) -> list[int | None]:
-            predictions.extend(self._to_predictions(logits, n))
-            chosen: list[int | None] = []
-            for prediction, wanted in zip(predictions, mask):
-                k = prediction.top_index
-                chosen.append(
-                    k if wanted and (not positive_only or prediction.is_positive(k)) else None
-                )
-            return chosen
+        with self._capture() as captured:
 
-        cams = self._explain_tensor(inputs, choose)
+            def choose(logits: torch.Tensor) -> list[int | None]:
+                predictions.extend(self._to_predictions(logits, n))
+                if self.gate is not None:
+                    verdicts[:] = self.gate.judge(batch, _single_capture(captured, n))
+                chosen: list[int | None] = []
+                for prediction, wanted, verdict in zip(predictions, mask, verdicts):
+                    k = prediction.top_index
+                    chosen.append(
+                        k
+                        if wanted
+                        and verdict.assessable
+                        and (not positive_only or prediction.is_positive(k))
+                        else None
+                    )
+                return chosen
+
+            cams = self._explain_tensor(inputs, choose)
+        if self.gate is not None:
+            verdicts = self.gate.confirm_inverted(inputs, verdicts, self._features_of)
         heatmaps: list[np.ndarray | None] = [
-            cams.heatmaps[i] if cams.explained[i] else None for i in range(n)
+            cams.heatmaps[i] if cams.explained[i] and verdicts[i].assessable else None
+            for i in range(n)
         ]
         return BatchAnalysis(predictions, heatmaps, verdicts)
+
 
     # -- internals -------------------------------------------------------------
 
@@ -293,6 +324,34 @@ class ModelRunner:
                 ) from exc
             return self._to_predictions(logits, int(inputs.shape[0]))
 
+    def _capture(self) -> AbstractContextManager[list[torch.Tensor]]:
+        """Capture pooled features during a pass when there is a gate (else a no-op)."""
+        if self.gate is None:
+            return nullcontext([])
+        return capture_pre_logits(self.model)
+
+    def _predict_with_features(self, inputs: torch.Tensor) -> tuple[list[Prediction], np.ndarray | None]:
+        """Predictions and, with a gate, the ``(N, D)`` pooled features of the same pass."""
+        if self.gate is None:
+            return self._predict_tensor(inputs), None
+        n = int(inputs.shape[0])
+        try:
+            logits, features = pooled_features(self.model, inputs)
+        except DicomNodeError:
+            raise
+        except Exception as exc:  # torch raises many types; one job fails, not the node
+            raise InferenceError(f"forward pass of {self.manifest.name!r} failed: {exc}") from exc
+        return self._to_predictions(logits, n), features
+
+    def _features_of(self, inputs: torch.Tensor) -> np.ndarray:
+        """``(M, D)`` pooled features of an extra inference pass (the gate's inversion check)."""
+        try:
+            return pooled_features(self.model, inputs)[1]
+        except DicomNodeError:
+            raise
+        except Exception as exc:  # torch raises many types; one job fails, not the node
+            raise InferenceError(f"gate forward pass of {self.manifest.name!r} failed: {exc}") from exc
+
     def _explain_tensor(self, inputs: torch.Tensor, choose: Chooser) -> CamBatch:
         try:
             return explain_batch(self.model, inputs, choose, self.cam_target)
@@ -317,6 +376,15 @@ class ModelRunner:
             raise InferenceError(f"model {self.manifest.name!r} produced non-finite outputs")
         labels = self.manifest.labels
         return [Prediction(labels, tuple(float(p) for p in row), self.thresholds) for row in probs]
+
+
+def _single_capture(captured: list[torch.Tensor], n: int) -> np.ndarray:
+    """The ``(N, D)`` features of the one pass a chooser runs after."""
+    if len(captured) != 1 or int(captured[0].shape[0]) != n:
+        raise InferenceError(
+            f"expected one pooled-feature capture of {n} rows, got {[tuple(c.shape) for c in captured]}"
+        )
+    return captured[0].cpu().numpy()
 
 
 def _merge_thresholds(

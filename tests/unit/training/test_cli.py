@@ -110,3 +110,17 @@ def test_bad_dataset_is_one_line_error(tmp_path: Path) -> None:
     )
     assert result.exit_code == 1
     assert "dataset path not found" in result.output
+
+
+@pytest.mark.slow
+def test_train_fits_the_input_gate(cli_model: Path) -> None:
+    from dicomnode.inference.gate import InputGate
+    from dicomnode.inference.manifest import read_manifest
+
+    loaded = read_manifest(cli_model)
+    spec = loaded.manifest.gate
+    assert spec is not None
+    assert (cli_model / spec.file).is_file()
+    assert spec.n_val > 0 and spec.val_acceptance is not None and 0.5 <= spec.val_acceptance <= 1.0
+    gate = InputGate.load(loaded)
+    assert gate is not None and gate.params.dim == spec.feature_dim
