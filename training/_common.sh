@@ -13,6 +13,7 @@ ship() {
   mkdir -p "models/$name"
   cp "runs/$name/manifest.json" "runs/$name/model.safetensors" "runs/$name/metrics.json" \
      "runs/$name/history.csv" "models/$name/"
+  [ -f "runs/$name/gate.safetensors" ] && cp "runs/$name/gate.safetensors" "models/$name/"
   for png in curves roc confusion reliability; do
     [ -f "runs/$name/$png.png" ] && cp "runs/$name/$png.png" "models/$name/"
   done

@@ -17,6 +17,9 @@ import typer
 from dicomnode.errors import DicomNodeError
 
 if TYPE_CHECKING:
+    from dicomnode.inference.manifest import IntendedPopulation
+
+if TYPE_CHECKING:
     from dicomnode.training.datasets import DataFormat
 
 models_app = typer.Typer(no_args_is_help=True, help="Shipped and local models.")
@@ -71,6 +74,10 @@ def train(
     patience: Annotated[int, typer.Option(help="Early stop after this many epochs without val AUC gain.")] = 5,
     max_train_samples: Annotated[int | None, typer.Option("--max-train-samples", help="Subsample train (smoke runs).")] = None,
     max_minutes: Annotated[float | None, typer.Option("--max-minutes", help="Wall-clock budget; stops between epochs.")] = None,
+    stop_after_epoch: Annotated[
+        int | None,
+        typer.Option("--stop-after-epoch", min=1, help="End this run after that epoch (continue with --resume)."),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda.")] = "auto",
     threads: Annotated[int, typer.Option(help="torch CPU threads (0: default).")] = 0,
     description: Annotated[str, typer.Option(help="Free text for the manifest.")] = "",
@@ -82,6 +89,15 @@ def train(
     distill_weight: Annotated[
         float, typer.Option("--distill-weight", help="Weight of the teacher's soft targets (0-1].")
     ] = 0.5,
+    population: Annotated[
+        str, typer.Option("--population", help="Who the training data represents, one line (manifest).")
+    ] = "",
+    population_age: Annotated[
+        str | None, typer.Option("--population-age", help="Intended PatientAge range in years, e.g. 1-5.")
+    ] = None,
+    population_views: Annotated[
+        str, typer.Option("--population-views", help="Intended ViewPosition values, e.g. AP,PA (empty: any).")
+    ] = "",
     log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
     gate: Annotated[
         bool, typer.Option("--gate/--no-gate", help="Fit the input gate at the end (same as `dicomnode gate fit`).")
@@ -107,8 +123,10 @@ def train(
         val_fraction=val_fraction, seed=seed, init=init, threshold_policy=threshold_policy,
         calibration=calibration, augment=augment, resume=resume, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
         patience=patience, max_train_samples=max_train_samples, max_minutes=max_minutes,
+        stop_after_epoch=stop_after_epoch,
         device=device, threads=threads, description=description, recipe=recipe,
         teacher=teacher, distill_weight=distill_weight,
+        population=_population(population, population_age, population_views),
     )
     try:
         result = run_training(config)
@@ -131,6 +149,22 @@ def train(
             f"input gate: {fitted.manifest_path.parent / fitted.spec.file}, "
             f"validation acceptance {fitted.spec.val_acceptance:.4f} (n={fitted.spec.n_val})"
         )
+
+
+def _population(description: str, age: str | None, views: str) -> IntendedPopulation:
+    """The intended population from the ``--population*`` options (``--population-age 1-5``)."""
+    from dicomnode.inference.manifest import IntendedPopulation
+
+    low = high = None
+    if age:
+        try:
+            low_text, high_text = age.split("-", 1)
+            low = float(low_text) if low_text.strip() else None
+            high = float(high_text) if high_text.strip() else None
+        except ValueError as exc:
+            raise typer.BadParameter("use MIN-MAX in years, e.g. 1-5 (or 18- for no upper bound)", param_hint="--population-age") from exc
+    chosen = tuple(v.strip().upper() for v in views.split(",") if v.strip())
+    return IntendedPopulation(description=description, min_age_years=low, max_age_years=high, view_positions=chosen)
 
 
 def evaluate(

@@ -31,7 +31,12 @@ import numpy as np
 
 from dicomnode.errors import DataError, ModelError
 from dicomnode.inference.calibration import Calibration, calibrated_probabilities
-from dicomnode.inference.manifest import ModelManifest, Preprocessing, sha256_file
+from dicomnode.inference.manifest import (
+    IntendedPopulation,
+    ModelManifest,
+    Preprocessing,
+    sha256_file,
+)
 from dicomnode.training import metrics
 from dicomnode.training.augment import AugmentConfig, augment_gray
 from dicomnode.training.calibrate import (
@@ -93,6 +98,9 @@ class TrainConfig:
         eval_batch_size: batch size for validation.
         max_train_samples: use at most this many training samples (tests, smoke runs).
         max_minutes: stop after the epoch that would overrun this wall-clock budget.
+        stop_after_epoch: end this invocation after that epoch (the schedule still
+            spans ``epochs``); continue later with ``resume`` and, to anneal early, a
+            smaller ``epochs``.
         device: ``auto``, ``cpu`` or ``cuda``.
         threads: torch intra-op threads (0 = torch default).
         bootstrap: bootstrap resamples for the 95 % intervals (patients resampled when the
@@ -106,6 +114,8 @@ class TrainConfig:
             validation figures would be contaminated.
         distill_weight: weight of the soft-target loss; the hard-label loss gets
             ``1 - distill_weight``.
+        population: who the training data represents (written to the manifest; the
+            node flags or skips images outside it).
     """
 
     data: Path
@@ -135,6 +145,7 @@ class TrainConfig:
     eval_batch_size: int = 64
     max_train_samples: int | None = None
     max_minutes: float | None = None
+    stop_after_epoch: int | None = None
     device: str = "auto"
     threads: int = 0
     bootstrap: int = 1000
@@ -142,6 +153,7 @@ class TrainConfig:
     recipe: str = ""
     teacher: str | None = None
     distill_weight: float = 0.5
+    population: IntendedPopulation = field(default_factory=IntendedPopulation)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict (paths as strings)."""
@@ -516,6 +528,9 @@ def train(config: TrainConfig) -> TrainResult:
         if epoch - best_epoch >= config.patience:
             logger.info("early stop: no AUC gain for %d epochs", config.patience)
             break
+        if config.stop_after_epoch is not None and epoch >= config.stop_after_epoch:
+            logger.info("stopping after epoch %d as asked (--stop-after-epoch)", epoch)
+            break
         if config.max_minutes is not None:
             elapsed = (time.monotonic() - started) / 60.0
             if elapsed + max(epoch_times) / 60.0 > config.max_minutes:
@@ -642,6 +657,7 @@ def finalize(
             "validation_metrics": validation_metrics(report, extra),
             "recipe": config.recipe,
             "description": config.description,
+            "intended_population": config.population,
         }
     )
     ModelManifest.model_validate(manifest.model_dump())
