@@ -156,11 +156,12 @@ class TrainConfig:
     population: IntendedPopulation = field(default_factory=IntendedPopulation)
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-ready dict (paths as strings)."""
+        """JSON-ready dict (paths as strings, the population as a dict)."""
         out = asdict(self)
         for key, value in out.items():
             if isinstance(value, Path):
                 out[key] = str(value)
+        out["population"] = self.population.model_dump(mode="json")
         return out
 
 

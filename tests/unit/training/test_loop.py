@@ -155,11 +155,18 @@ def test_imagenet_init_fails_clearly_offline(monkeypatch: pytest.MonkeyPatch) ->
 @pytest.mark.slow
 def test_distillation_from_a_teacher_on_the_same_split(trained: Path, synthetic_folder: Path, tmp_path: Path) -> None:
     """A student at another input size learns from the teacher's soft targets."""
+    from dicomnode.inference.manifest import IntendedPopulation
+
     out = tmp_path / "student"
+    population = IntendedPopulation(description="children", min_age_years=1, max_age_years=5, view_positions=("AP",))
     result = train(
-        tiny_config(synthetic_folder, out, teacher=str(trained / "manifest.json"), img_size=24, epochs=2, augment=True)
-    )
+        tiny_config(
+            synthetic_folder, out, teacher=str(trained / "manifest.json"), img_size=24, epochs=2, augment=True,
+            population=population,
+        )
+    )  # fmt: skip
     assert result.manifest.preprocessing.input_size == 24
+    assert read_manifest(out).manifest.intended_population == population
     config = json.loads((out / "train_config.json").read_text(encoding="utf-8"))
     assert config["teacher"].endswith("manifest.json") and config["distill_weight"] == 0.5
 
