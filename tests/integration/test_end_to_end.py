@@ -157,3 +157,43 @@ def test_restart_after_sigkill_processes_each_instance_once(tmp_path: Path, tiny
         results = _by_class(pacs.files())
     assert len(results["sr"]) == 1 and len(results["sc"]) == 3
     assert {str(dcmread(p, stop_before_pixels=True).StudyInstanceUID) for p in pacs.files()} == {study_uid}
+
+
+def test_fourteen_label_model_through_serve_and_predict(tmp_path: Path) -> None:
+    """A 14-label (NIH ChestX-ray14) model: the SR lists every finding, one SC per positive finding."""
+    from dicomnode.training.datasets import NIH_FINDINGS
+
+    labels = tuple(f.lower() for f in NIH_FINDINGS)
+    # Threshold 0.5 with random weights: some findings positive, some not; the counts are read back.
+    model = make_tiny_model(tmp_path / "nih", labels=labels, threshold=0.5, seed=3)
+    image = tmp_path / "study" / "img.dcm"
+    image.parent.mkdir()
+    make_cxr_dataset(seed=5).save_as(image, enforce_file_format=True)
+    predicted = subprocess.run(
+        [sys.executable, "-m", "dicomnode", "predict", "--model", str(model), "--explain", "positive",
+         "--out", str(tmp_path / "predict"), str(image)],
+        check=False, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT,
+    )  # fmt: skip
+    assert predicted.returncode == 0, predicted.stderr
+    line = predicted.stdout.strip().splitlines()[0]
+    calls = [part.split(" p=")[0] for part in line.split(": ", 1)[1].split("; ")]
+    assert [c.rsplit(" ", 1)[0] for c in calls] == list(labels)
+    positives = sum(c.endswith("POSITIVE") for c in calls)
+    assert 0 < positives < len(labels), "the random model should give a mix of decisions"
+    with run_storescp(tmp_path / "pacs") as pacs:
+        node = start_node(tmp_path / "node", [*_fast_node_args(pacs.spec, model), "--explain", "positive"])
+        try:
+            sent = storescu(node.port, [image])
+            assert sent.returncode == 0, sent.stderr
+            wait_until(lambda: len(pacs.files()) >= positives + 1, 300, f"{positives} SC + 1 SR at the destination")
+        finally:
+            assert node.stop() == 0, node.log.read_text()
+        results = _by_class(pacs.files())
+    assert len(results["sc"]) == positives and len(results["sr"]) == 1
+    from tests.helpers import dcmtk
+
+    dump = subprocess.run([dcmtk("dsrdump"), "+Pl", str(results["sr"][0])], capture_output=True, text=True, timeout=60,
+                          check=False).stdout  # fmt: skip
+    assert dump.count('NUM:(,,"Probability")') == len(labels)
+    for path in results["sc"] + results["sr"]:
+        assert dciodvfy_errors(path) == [], path.name
