@@ -10,6 +10,7 @@ stops the others.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,11 +20,18 @@ import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
+from dicomnode import metrics
 from dicomnode.config import OutputSettings
-from dicomnode.domain import Prediction, ResultKind
+from dicomnode.domain import (
+    FindingDecision,
+    ModelIdentity,
+    NotAssessedReason,
+    Prediction,
+    ResultKind,
+)
 from dicomnode.errors import DicomNodeError, InferenceError, OutputBuildError
 from dicomnode.store.files import FileStore
-from dicomnode.store.queue import ClaimedJob, NewResult
+from dicomnode.store.queue import ClaimedJob, NewFinding, NewResult
 
 if TYPE_CHECKING:
     from dicomnode.inference.runner import ModelRunner
@@ -67,11 +75,13 @@ class BuiltObject:
         kind: SC or SR.
         dataset: the object.
         encoded: its Part-10 bytes, as checked by the validation gate (written as is).
+        source_uid: the SOP Instance UID of the image a heatmap SC shows; None for the SR.
     """
 
     kind: ResultKind
     dataset: Dataset
     encoded: bytes = b""
+    source_uid: str | None = None
 
 
 @dataclass
@@ -86,6 +96,7 @@ class JobOutcome:
     results: list[NewResult] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     error: str | None = None
+    findings: list[NewFinding] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -243,7 +254,7 @@ def build_study_outputs(
                 identity=identity,
             )
             heatmap_datasets.append(sc)
-            built.append(BuiltObject(ResultKind.HEATMAP_SC, sc))
+            built.append(BuiltObject(ResultKind.HEATMAP_SC, sc, source_uid=analysis.image.key))
         sr = build_findings_sr(
             [a.image.header for a in analyses],
             [a.prediction for a in analyses],
@@ -261,6 +272,58 @@ def build_study_outputs(
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
         raise OutputBuildError(f"cannot build result objects: {exc}") from exc
     return built
+
+
+def build_findings(
+    analyses: Sequence[ImageAnalysis],
+    built: Sequence[BuiltObject],
+    skipped: dict[str, str],
+    identity: ModelIdentity,
+) -> list[NewFinding]:
+    """What a job concluded, for the ``finding`` table: one row per analysed image and label,
+    one per image that could not be used.
+
+    The single place where pipeline values become findings (the web page and API read them).
+
+    Args:
+        analyses: the study's analysed images.
+        built: the objects built for the study (their UIDs go into the rows).
+        skipped: SOP Instance UID -> reason, images that could not be decoded or used.
+        identity: the model that produced the analyses.
+    """
+    sr_uid = next((str(b.dataset.SOPInstanceUID) for b in built if b.kind == ResultKind.FINDINGS_SR), None)
+    sc_uids = {b.source_uid: str(b.dataset.SOPInstanceUID) for b in built if b.source_uid is not None}
+    findings: list[NewFinding] = []
+    for analysis in analyses:
+        prediction = analysis.prediction
+        for index, label in enumerate(prediction.labels):
+            findings.append(
+                NewFinding(
+                    sop_instance_uid=analysis.image.key,
+                    label=label,
+                    decision=FindingDecision.PRESENT if prediction.is_positive(index) else FindingDecision.ABSENT,
+                    probability=float(prediction.probabilities[index]),
+                    threshold=float(prediction.thresholds[index]),
+                    model_name=identity.name,
+                    model_version=identity.version,
+                    sr_sop_instance_uid=sr_uid,
+                    sc_sop_instance_uid=sc_uids.get(analysis.image.key),
+                )
+            )
+    for sop_uid, reason in skipped.items():
+        findings.append(
+            NewFinding(
+                sop_instance_uid=sop_uid,
+                label=None,
+                decision=FindingDecision.NOT_ASSESSED,
+                not_assessed_reason=NotAssessedReason.UNDECODABLE,
+                detail=reason[:500],
+                model_name=identity.name,
+                model_version=identity.version,
+                sr_sop_instance_uid=sr_uid,
+            )
+        )
+    return findings
 
 
 def write_outputs(built: Sequence[BuiltObject], write: Callable[[BuiltObject], Path], files: FileStore | None = None) -> list[NewResult]:
@@ -317,7 +380,9 @@ def process_jobs(
     ordered = [(job_id, image) for job_id, images in prepared.items() for image in images]
     by_job: dict[int, list[ImageAnalysis]] = {claim.job_id: [] for claim in claims}
     try:
+        started = time.perf_counter()
         analyses = analyse_images([image for _, image in ordered], runner, options)
+        metrics.observe_inference(len(analyses), time.perf_counter() - started)
         for (job_id, _), analysis in zip(ordered, analyses):
             by_job[job_id].append(analysis)
     except DicomNodeError:
@@ -341,6 +406,7 @@ def process_jobs(
         try:
             built = build_study_outputs(by_job[claim.job_id], runner, options.outputs)
             outcome.results = write_outputs(built, _write, files)
+            outcome.findings = build_findings(by_job[claim.job_id], built, outcome.skipped, runner.identity)
         except DicomNodeError as exc:
             outcome.error = str(exc)
             log.warning("job %d failed: %s", claim.job_id, exc)
