@@ -126,9 +126,15 @@ def parse_filter(request: Request) -> studies.StudyFilter:
     return studies.StudyFilter(state=state, positive=positive, since=since, limit=limit)
 
 
+def when(value: str | None) -> str:
+    """An API time (``2026-12-04T19:43:18Z``) as the page shows it: ``2026-12-04 19:43:18``."""
+    return value.replace("T", " ").removesuffix("Z") if value else ""
+
+
 def build_app(context: WebContext) -> Starlette:
     """The web application over ``context``."""
     templates = Jinja2Templates(directory=str(TEMPLATES_DIR))  # autoescapes
+    templates.env.filters["when"] = when
     collector = QueueCollector(context.sessions, context.files.data_dir, context.clock)
 
     def _detail(uid: str) -> dict[str, Any]:
