@@ -228,6 +228,10 @@ def test_demo_analyses_an_upload_without_storing(node: Node, models_dir: Path) -
     assert 'id="demo-result"' in answer.text and "present" in answer.text
     assert 'src="data:image/png;base64,' in answer.text
     assert sorted(p for p in node.files.data_dir.rglob("*") if p.is_file()) == before
+    dicom = io.BytesIO()
+    make_cxr_dataset(seed=6, rows=96, cols=96, photometric="MONOCHROME1").save_as(dicom, enforce_file_format=True)
+    answer = client.post("/demo", data={"model": "tiny"}, files={"file": ("cxr.dcm", dicom.getvalue(), "application/dicom")})
+    assert answer.status_code == 200 and 'id="demo-result"' in answer.text
     junk = client.post("/demo", data={"model": "tiny"}, files={"file": ("x.png", b"not an image", "image/png")})
     assert junk.status_code == 400 and "cannot read image" in junk.text
     unknown = client.post("/demo", data={"model": "nope"}, files={"file": ("x.png", picture.getvalue(), "image/png")})
