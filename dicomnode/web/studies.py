@@ -20,7 +20,7 @@ from dicomnode.domain import FindingDecision, JobState, OutboxState, ResultKind
 from dicomnode.errors import StorageError
 from dicomnode.phi import redact
 from dicomnode.store.files import FileStore
-from dicomnode.store.models import Finding, Instance, Job, Result, Study
+from dicomnode.store.models import Finding, Job, Result, Study
 
 #: Studies looked at per list request (newest first) before filters apply.
 SCAN_LIMIT = 1000
@@ -56,8 +56,8 @@ def iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat(timespec="seconds") + "Z"
 
 
-def _load(session: Session, where: Any = None, limit: int = SCAN_LIMIT) -> Sequence[Study]:
-    query = select(Study).order_by(Study.last_received_at.desc()).limit(limit)
+def _load(session: Session, where: Any, offset: int, limit: int) -> Sequence[Study]:
+    query = select(Study).order_by(Study.last_received_at.desc(), Study.study_instance_uid).offset(offset).limit(limit)
     if where is not None:
         query = query.where(where)
     return session.scalars(query).all()
@@ -120,19 +120,27 @@ def _summary(study: Study, jobs: Sequence[Job]) -> dict[str, Any]:
 
 
 def list_studies(session: Session, filters: StudyFilter) -> list[dict[str, Any]]:
-    """Recent studies, newest first, with state, positivity and timeline."""
+    """Recent studies, newest first, with state, positivity and timeline.
+
+    Studies are read page by page, newest first, until ``filters.limit`` match or
+    :data:`SCAN_LIMIT` were looked at.
+    """
     where = Study.last_received_at >= filters.since if filters.since is not None else None
-    studies = _load(session, where)
-    jobs = _jobs_of(session, [s.study_instance_uid for s in studies])
     shown: list[dict[str, Any]] = []
-    for study in studies:
-        study_jobs = jobs[study.study_instance_uid]
-        if filters.state is not None and (not study_jobs or study_jobs[-1].state != filters.state):
-            continue
-        if filters.positive and not _positive(study_jobs):
-            continue
-        shown.append(_summary(study, study_jobs))
-        if len(shown) >= filters.limit:
+    page = max(filters.limit, 50)
+    for offset in range(0, SCAN_LIMIT, page):
+        studies = _load(session, where, offset, min(page, SCAN_LIMIT - offset))
+        jobs = _jobs_of(session, [s.study_instance_uid for s in studies])
+        for study in studies:
+            study_jobs = jobs[study.study_instance_uid]
+            if filters.state is not None and (not study_jobs or study_jobs[-1].state != filters.state):
+                continue
+            if filters.positive and not _positive(study_jobs):
+                continue
+            shown.append(_summary(study, study_jobs))
+            if len(shown) >= filters.limit:
+                return shown
+        if len(studies) < page:
             break
     return shown
 
@@ -234,9 +242,3 @@ def result_file(session: Session, files: FileStore, sop_instance_uid: str, kind:
     ).first()
     return files.absolute(result.path) if result is not None else None
 
-
-def instance_count(session: Session) -> int:
-    """How many instances were recorded (for the page's header)."""
-    from sqlalchemy import func
-
-    return int(session.scalar(select(func.count()).select_from(Instance)) or 0)
