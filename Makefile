@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 11112
+HTTP_PORT ?= 8080
 DATA_DIR ?= dicomnode-data
 PYTEST_ARGS ?=
 
@@ -20,9 +21,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 ## Run the node on its embedded defaults: SQLite under $(DATA_DIR), bundled default model,
-## AE title DICOMNODE on 127.0.0.1:$(PORT).
+## AE title DICOMNODE on 127.0.0.1:$(PORT), web page, API and metrics on 127.0.0.1:$(HTTP_PORT).
 serve: $(STAMP)
-	$(BIN)/dicomnode serve --host 127.0.0.1 --port $(PORT) --data-dir $(DATA_DIR)
+	@echo "dicomnode: DICOM AE DICOMNODE on 127.0.0.1:$(PORT); web page, API and metrics on http://127.0.0.1:$(HTTP_PORT)/"
+	$(BIN)/dicomnode serve --host 127.0.0.1 --port $(PORT) --http-port $(HTTP_PORT) --data-dir $(DATA_DIR)
 
 ## Run the whole test suite (tests whose real peer is missing skip locally, fail under CI=true).
 test: $(STAMP)

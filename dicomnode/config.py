@@ -279,6 +279,26 @@ class OutputSettings(_Group):
     max_heatmap_side: int = Field(default=1024, ge=64, le=4096, description="pixels, long side of the SC")
 
 
+class HttpSettings(_Group):
+    """The node's web page, JSON API and Prometheus metrics (``serve --http-port``).
+
+    Served on ``dicom.bind_address``. A non-loopback address needs ``token``: every
+    request must then carry ``Authorization: Bearer <token>`` (``serve`` refuses to
+    start without one).
+    """
+
+    port: int | None = Field(default=None, ge=1, le=65535, description="HTTP port; None = no web server")
+    show_phi: bool = Field(
+        default=False, description="show patient name, ID, birth date and accession number on the page and API"
+    )
+    token: str | None = Field(
+        default=None, min_length=16, description="bearer token every request must carry (required off loopback)"
+    )
+    min_free_disk_mb: int = Field(
+        default=500, ge=0, description="/healthz answers 503 below this much free space in the data folder; 0 = off"
+    )
+
+
 class Settings(BaseSettings):
     """All of the node's settings; see the module docstring for the source order."""
 
@@ -292,6 +312,7 @@ class Settings(BaseSettings):
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     outputs: OutputSettings = Field(default_factory=OutputSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @model_validator(mode="after")

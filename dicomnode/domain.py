@@ -45,6 +45,17 @@ class ResultKind(StrEnum):
     FINDINGS_SR = "findings_sr"
 
 
+class FindingDecision(StrEnum):
+    """What the node concluded about one label on one image (a ``finding`` row)."""
+
+    PRESENT = "present"
+    """probability >= threshold on an assessable image."""
+    ABSENT = "absent"
+    """probability < threshold on an assessable image."""
+    NOT_ASSESSED = "not_assessed"
+    """No decision: the row's ``not_assessed_reason`` (a :class:`NotAssessedReason`) says why."""
+
+
 @dataclass(frozen=True)
 class ModelIdentity:
     """What identifies the model that produced a result (goes into SR TID 4019).

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
+import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -23,8 +26,10 @@ if TYPE_CHECKING:
     from apscheduler.schedulers.background import BackgroundScheduler
 
     from dicomnode.inference.runner import ModelRunner
+    from dicomnode.receiving.processes import ReceiverPool
     from dicomnode.receiving.scp import Listeners
     from dicomnode.scheduling import NodeWorker
+    from dicomnode.web.server import WebServer
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +53,10 @@ def preflight(settings: Settings, role: str) -> None:
     1. The model (roles that run batches): it resolves and its manifest is valid, and
        the weights file is there (its sha256 is verified when it is loaded).
     2. The data folder: not a file, created when missing, readable and writable.
+    3. The web server (``http.port`` set): off loopback only with ``http.token``.
 
     Raises:
+        ConfigError: the web server would listen off loopback without a token.
         ModelError: the model cannot be found or its manifest is invalid.
         StorageError: the data folder cannot be used (the message names it).
     """
@@ -60,6 +67,10 @@ def preflight(settings: Settings, role: str) -> None:
         if not loaded.weights_path.is_file():
             raise ModelError(f"model {settings.model.name!r}: weights file {loaded.weights_path} is missing")
     check_data_dir(settings.store.data_dir, create=True)
+    if settings.http.port is not None:
+        from dicomnode.web.server import check_exposure
+
+        check_exposure(settings)
 
 
 class Node:
@@ -208,10 +219,15 @@ def _serve(settings: Settings, role: str) -> None:
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}")
+    from dicomnode.web import multiproc
+
+    # Before anything imports prometheus_client; the receiving children inherit it.
+    multiproc.prepare(settings.store.data_dir)
     from dicomnode.receiving.processes import ReceiverPool, receiver_count
     from dicomnode.receiving.scp import bind_listeners
 
     pool: ReceiverPool | None = None
+    web: WebServer | None = None
     listeners = None
     try:
         if role != "worker":
@@ -225,12 +241,16 @@ def _serve(settings: Settings, role: str) -> None:
             if listeners is not None and count > 1:
                 pool = ReceiverPool(settings, listeners, count - 1)
                 pool.start()
+            if settings.http.port is not None:
+                web = _start_web(settings, node, lambda: pool)
             while not stop_requested:
                 time.sleep(0.5)
                 if pool is not None and not stop_requested:
                     pool.check()
             logger.info("signal received: shutting down")
         finally:
+            if web is not None:
+                web.stop()
             if pool is not None:
                 pool.terminate()  # the children drain while this process does
             node.stop()
@@ -241,3 +261,57 @@ def _serve(settings: Settings, role: str) -> None:
             listeners.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def node_health(settings: Settings, node: Node, pool: ReceiverPool | None) -> list[str]:
+    """Why the node is unhealthy, for ``/healthz`` (empty: healthy).
+
+    Checks the DICOM server thread (receiver roles), every receiving child
+    process, the batch scheduler and its thread (worker roles), and the free
+    space of the data folder against ``http.min_free_disk_mb``.
+    """
+    problems: list[str] = []
+    if node.run_receiver:
+        if node.server is None or not any(
+            t.name == "dicomnode-scp" and t.is_alive() for t in threading.enumerate()
+        ):
+            problems.append("the DICOM receiver is not running")
+        if pool is not None and len(pool.pids) < pool.size:
+            problems.append(f"{pool.size - len(pool.pids)} of {pool.size} extra receiving process(es) not running")
+    if node.run_worker:
+        scheduler = node.scheduler
+        thread = getattr(scheduler, "_thread", None)
+        if scheduler is None or not scheduler.running or (thread is not None and not thread.is_alive()):
+            problems.append("the batch scheduler is not running")
+    floor_mb = settings.http.min_free_disk_mb
+    if floor_mb:
+        free_mb = shutil.disk_usage(node.files.data_dir).free // (1024 * 1024)
+        if free_mb < floor_mb:
+            problems.append(f"{free_mb} MiB free in the data folder, below http.min_free_disk_mb = {floor_mb}")
+    return problems
+
+
+def _start_web(settings: Settings, node: Node, pool: Callable[[], ReceiverPool | None]) -> WebServer:
+    """Start the web server (``http.port``) over the node's database and data folder.
+
+    Raises:
+        OSError: the port cannot be bound.
+    """
+    from dicomnode.store.queue import utcnow
+    from dicomnode.web.app import WebContext
+    from dicomnode.web.demo import DemoModels
+    from dicomnode.web.server import WebServer
+
+    if settings.http.port is None:  # pragma: no cover - checked by the caller
+        raise ValueError("http.port is not set")
+    context = WebContext(
+        sessions=node.sessions,
+        files=node.files,
+        http=settings.http,
+        health=lambda: node_health(settings, node, pool()),
+        clock=utcnow,
+        demo=DemoModels(device=settings.model.device),
+    )
+    web = WebServer(context, settings.dicom.bind_address, settings.http.port)
+    web.start()
+    return web

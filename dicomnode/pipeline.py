@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,10 +28,12 @@ import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from dicomnode import __version__
+from dicomnode import __version__, metrics
 from dicomnode.config import OutputSettings
 from dicomnode.domain import (
+    FindingDecision,
     GateVerdict,
+    ModelIdentity,
     NotAssessedReason,
     PopulationCheck,
     PopulationStatus,
@@ -39,7 +42,13 @@ from dicomnode.domain import (
 )
 from dicomnode.errors import DicomNodeError, InferenceError, OutputBuildError
 from dicomnode.store.files import FileStore
-from dicomnode.store.queue import ClaimedJob, NewResult, RefusedInstance, skip_reason_text
+from dicomnode.store.queue import (
+    ClaimedJob,
+    NewFinding,
+    NewResult,
+    RefusedInstance,
+    skip_reason_text,
+)
 
 if TYPE_CHECKING:
     from dicomnode.inference.runner import ModelRunner
@@ -120,11 +129,15 @@ class BuiltObject:
         kind: SC or SR.
         dataset: the object.
         encoded: its Part-10 bytes, as checked by the validation gate (written as is).
+        source_uid: the SOP Instance UID of the image a heatmap SC shows; None for the SR.
+        label: the finding a heatmap SC explains; None for the SR.
     """
 
     kind: ResultKind
     dataset: Dataset
     encoded: bytes = b""
+    source_uid: str | None = None
+    label: str | None = None
 
 
 @dataclass
@@ -141,6 +154,7 @@ class JobOutcome:
     skipped: dict[str, str] = field(default_factory=dict)
     error: str | None = None
     skip_reason: str | None = None
+    findings: list[NewFinding] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -378,7 +392,11 @@ def build_study_outputs(
                         str(number), tag, *legend,
                     ),
                 )  # fmt: skip
-                built.append(BuiltObject(ResultKind.HEATMAP_SC, scs[k]))
+                built.append(
+                    BuiltObject(
+                        ResultKind.HEATMAP_SC, scs[k], source_uid=str(header.SOPInstanceUID), label=entry.prediction.labels[k]
+                    )
+                )
             findings.append(ImageFindings(header, entry.prediction, scs, population=entry.population))
         sr = build_findings_sr(
             findings,
@@ -412,6 +430,54 @@ def no_assessable_reason(entries: Sequence[StudyEntry]) -> str:
         reasons[key] = reasons.get(key, 0) + 1
     text = "; ".join(f"{n} x {key}" for key, n in reasons.items()) or "no image"
     return f"no assessable image in the study: {text}"[:2000]
+
+
+def build_findings(entries: Sequence[StudyEntry], built: Sequence[BuiltObject], identity: ModelIdentity) -> list[NewFinding]:
+    """What a job concluded, for the ``finding`` table: one row per assessed image and label,
+    one per image not assessed (gated, undecodable, refused from its header, out of population).
+
+    The single place where pipeline values become findings (the web page and API read them).
+
+    Args:
+        entries: the study's images as the SR lists them.
+        built: the objects built for the study (their UIDs go into the rows).
+        identity: the model that produced the analyses.
+    """
+    sr_uid = next((str(b.dataset.SOPInstanceUID) for b in built if b.kind == ResultKind.FINDINGS_SR), None)
+    sc_uids = {(b.source_uid, b.label): str(b.dataset.SOPInstanceUID) for b in built if b.source_uid is not None}
+    findings: list[NewFinding] = []
+    for entry in entries:
+        if isinstance(entry, ImageAnalysis) and entry.assessable:
+            prediction = entry.prediction
+            for index, label in enumerate(prediction.labels):
+                findings.append(
+                    NewFinding(
+                        sop_instance_uid=entry.image.key,
+                        label=label,
+                        decision=FindingDecision.PRESENT if prediction.is_positive(index) else FindingDecision.ABSENT,
+                        probability=float(prediction.probabilities[index]),
+                        threshold=float(prediction.thresholds[index]),
+                        model_name=identity.name,
+                        model_version=identity.version,
+                        sr_sop_instance_uid=sr_uid,
+                        sc_sop_instance_uid=sc_uids.get((entry.image.key, label)),
+                    )
+                )
+            continue
+        missing = not_assessed_entry(entry) if isinstance(entry, ImageAnalysis) else entry
+        findings.append(
+            NewFinding(
+                sop_instance_uid=str(missing.header.get("SOPInstanceUID", "")),
+                label=None,
+                decision=FindingDecision.NOT_ASSESSED,
+                not_assessed_reason=missing.reason,
+                detail=missing.detail[:500],
+                model_name=identity.name,
+                model_version=identity.version,
+                sr_sop_instance_uid=sr_uid,
+            )
+        )
+    return findings
 
 
 def write_outputs(built: Sequence[BuiltObject], write: Callable[[BuiltObject], Path], files: FileStore | None = None) -> list[NewResult]:
@@ -517,7 +583,9 @@ def process_jobs(
     ordered = [(job_id, s) for job_id, items in slots.items() for s in items if isinstance(s, PreparedImage)]
     analysed: dict[int, dict[str, ImageAnalysis]] = {claim.job_id: {} for claim in claims}
     try:
+        started = time.perf_counter()
         analyses = analyse_images([image for _, image in ordered], runner, options)
+        metrics.observe_inference(len(analyses), time.perf_counter() - started)
         for (job_id, image), analysis in zip(ordered, analyses):
             analysed[job_id][image.key] = analysis
     except DicomNodeError:
@@ -546,6 +614,7 @@ def process_jobs(
             predecessor, number = _prior_report(claim, files, runner)
             built = build_study_outputs(entries, runner, options, predecessor=predecessor, sr_instance_number=number)
             outcome.results = write_outputs(built, _write, files)
+            outcome.findings = build_findings(entries, built, runner.identity)
         except DicomNodeError as exc:
             outcome.error = str(exc)
             log.warning("job %d failed: %s", claim.job_id, exc)

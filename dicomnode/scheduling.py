@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicomnode import metrics
 from dicomnode.config import DestinationSettings, SchedulerSettings
 from dicomnode.pipeline import PipelineOptions, process_jobs
 from dicomnode.store import queue
@@ -148,7 +149,8 @@ class NodeWorker:
         report.claimed = len(claims)
         if not claims:
             return
-        outcomes = process_jobs(claims, self.runner, self.files, self.options)
+        with metrics.BATCH_SECONDS.time():
+            outcomes = process_jobs(claims, self.runner, self.files, self.options)
         for outcome in outcomes:
             with self.sessions.begin() as session:
                 for sop_uid, reason in outcome.skipped.items():
@@ -156,7 +158,12 @@ class NodeWorker:
                 now = self.clock()
                 if outcome.error is None:
                     if queue.complete_job(
-                        session, outcome.claim, outcome.results, now=now, skip_reason=outcome.skip_reason
+                        session,
+                        outcome.claim,
+                        outcome.results,
+                        now=now,
+                        skip_reason=outcome.skip_reason,
+                        findings=outcome.findings,
                     ):
                         report.done += 1
                     else:

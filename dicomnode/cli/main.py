@@ -167,6 +167,10 @@ def serve(
         int | None,
         typer.Option("--receivers", min=0, help="Processes receiving on the DICOM port (0: CPU count, at most 4)."),
     ] = None,
+    http_port: Annotated[
+        int | None,
+        typer.Option("--http-port", help="Serve the web page, /api and /metrics on this port (same --host)."),
+    ] = None,
 ) -> None:
     """Receive studies over DICOM, run batch inference, send results back. Stops on SIGTERM/SIGINT."""
     from dicomnode import logconfig
@@ -183,6 +187,7 @@ def serve(
             "destination": _destination(destination),
             "model": {"name": model, "device": device, "explain": explain},
             "scheduler": {"stable_after_s": stable_after, "interval_s": interval, "batch_size": batch_size},
+            "http": {"port": http_port},
             "log_level": log_level.upper() if log_level else None,
         },
     )
@@ -196,7 +201,8 @@ def serve(
     except DicomNodeError as exc:
         fail(str(exc))
     except OSError as exc:
-        fail(f"cannot listen on {settings.dicom.bind_address}:{settings.dicom.port}: {exc.strerror or exc}")
+        where = getattr(exc, "filename", None) or f"{settings.dicom.bind_address}:{settings.dicom.port}"
+        fail(f"cannot listen on {where}: {exc.strerror or exc}")
 
 
 def _open_queue(settings: Settings) -> Engine:
@@ -384,6 +390,9 @@ def predict(
 
 @config_app.command("show")
 def config_show(ctx: typer.Context) -> None:
-    """Print the merged settings (file + environment + defaults) as JSON."""
+    """Print the merged settings (file + environment + defaults) as JSON; secrets redacted."""
     settings = _settings(ctx, {})
-    typer.echo(settings.model_dump_json(indent=2))
+    shown = settings.model_dump(mode="json")
+    if settings.http.token is not None:
+        shown["http"]["token"] = "<redacted>"
+    typer.echo(json.dumps(shown, indent=2))

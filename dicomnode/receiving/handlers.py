@@ -59,6 +59,7 @@ from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicomnode import metrics
 from dicomnode.domain import InstanceState
 from dicomnode.errors import RejectedInstance, StorageError
 from dicomnode.receiving.validation import (
@@ -211,6 +212,12 @@ def handle_store(event: Event, context: ReceiveContext) -> int:
         The DIMSE status: ``0x0000`` once the file is durable and recorded (also for
         skipped instances and duplicates), otherwise a failure status.
     """
+    status = _handle_store(event, context)
+    metrics.count_cstore_status(status)
+    return status
+
+
+def _handle_store(event: Event, context: ReceiveContext) -> int:
     calling_ae = _calling_ae(event)
     try:
         try:

@@ -99,6 +99,11 @@ class ReceiverPool:
         self._stopping = False
 
     @property
+    def size(self) -> int:
+        """Number of child processes the pool keeps running."""
+        return len(self._slots)
+
+    @property
     def pids(self) -> list[int]:
         """Process ids of the children that are running now."""
         return [

@@ -1,6 +1,7 @@
 """SQLAlchemy 2.0 typed models: the queue's single source of truth.
 
 study 1--* instance *--1 job 1--* result
+                          job 1--* finding
 
 - ``Instance``: one received SOP instance and where its Part-10 file lies.
 - ``Job``: one inference run over the instances of a study that arrived together
@@ -8,6 +9,9 @@ study 1--* instance *--1 job 1--* result
   job was claimed open a new job, which re-analyses every image of the study and
   produces a findings SR that supersedes the earlier one (``queue.claim_batch``).
 - ``Result``: one produced object (SC or SR) and its delivery state (the outbox).
+- ``Finding``: what a completed job concluded per source image and label (probability,
+  threshold, decision or why not assessed, model, result UIDs): read by the web page
+  and API without parsing SR files.
 """
 
 from __future__ import annotations
@@ -15,10 +19,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import DateTime, Enum, ForeignKey, Integer, String, Text
+from sqlalchemy import DateTime, Enum, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from dicomnode.domain import InstanceState, JobState, OutboxState, ResultKind
+from dicomnode.domain import FindingDecision, InstanceState, JobState, OutboxState, ResultKind
 
 UID = String(64)
 
@@ -61,6 +65,7 @@ class Job(Base):
 
     instances: Mapped[list[Instance]] = relationship(back_populates="job", order_by="Instance.received_at")
     results: Mapped[list[Result]] = relationship(back_populates="job", order_by="Result.id")
+    findings: Mapped[list[Finding]] = relationship(back_populates="job", order_by="Finding.id")
 
 
 class Instance(Base):
@@ -98,3 +103,29 @@ class Result(Base):
     sent_at: Mapped[datetime | None] = mapped_column(default=None)
 
     job: Mapped[Job] = relationship(back_populates="results")
+
+
+class Finding(Base):
+    """One label's conclusion on one source image of a completed job."""
+
+    __tablename__ = "finding"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("job.id"), index=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, doc="the source image")
+    label: Mapped[str | None] = mapped_column(String(64), default=None, doc="None: the image as a whole")
+    probability: Mapped[float | None] = mapped_column(Float, default=None, doc="in [0, 1]")
+    threshold: Mapped[float | None] = mapped_column(Float, default=None, doc="in [0, 1]")
+    decision: Mapped[FindingDecision] = mapped_column(_enum(FindingDecision), index=True)
+    not_assessed_reason: Mapped[str | None] = mapped_column(
+        String(32), default=None, doc="a NotAssessedReason value when decision is not_assessed"
+    )
+    detail: Mapped[str | None] = mapped_column(Text, default=None, doc="one line, no PHI")
+    model_name: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(32))
+    sr_sop_instance_uid: Mapped[str | None] = mapped_column(UID, default=None)
+    sc_sop_instance_uid: Mapped[str | None] = mapped_column(UID, default=None)
+    created_at: Mapped[datetime]
+
+    job: Mapped[Job] = relationship(back_populates="findings")

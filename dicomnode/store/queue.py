@@ -15,9 +15,16 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session, aliased
 
-from dicomnode.domain import InstanceState, JobState, NotAssessedReason, OutboxState, ResultKind
+from dicomnode.domain import (
+    FindingDecision,
+    InstanceState,
+    JobState,
+    NotAssessedReason,
+    OutboxState,
+    ResultKind,
+)
 from dicomnode.phi import redact
-from dicomnode.store.models import Instance, Job, Result, Study
+from dicomnode.store.models import Finding, Instance, Job, Result, Study
 
 #: Jobs that may still take new instances of their study.
 _OPEN_STATES = (JobState.RECEIVED, JobState.READY)
@@ -89,6 +96,45 @@ class NewResult:
     sop_instance_uid: str
     sop_class_uid: str
     path: str
+
+
+@dataclass(frozen=True)
+class NewFinding:
+    """What a job concluded about one label on one source image (a ``finding`` row).
+
+    Attributes:
+        sop_instance_uid: the source image.
+        label: the finding's name (``"pneumonia"``); None for an image not assessed as a whole.
+        decision: present / absent, or not assessed.
+        probability: model probability in [0, 1]; None when not assessed.
+        threshold: the decision threshold in [0, 1]; None when not assessed.
+        not_assessed_reason: why no decision (required when ``decision`` is NOT_ASSESSED).
+        detail: one line without PHI (e.g. the gate's score), or None.
+        model_name: registry name of the model.
+        model_version: manifest version of the model.
+        sr_sop_instance_uid: the findings SR that reports it, if one was written.
+        sc_sop_instance_uid: the heatmap SC of the image, if one was written.
+    """
+
+    sop_instance_uid: str
+    label: str | None
+    decision: FindingDecision
+    model_name: str
+    model_version: str
+    probability: float | None = None
+    threshold: float | None = None
+    not_assessed_reason: NotAssessedReason | None = None
+    detail: str | None = None
+    sr_sop_instance_uid: str | None = None
+    sc_sop_instance_uid: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.decision == FindingDecision.NOT_ASSESSED) != (self.not_assessed_reason is not None):
+            raise ValueError("not_assessed_reason is required exactly when the decision is not_assessed")
+        for name in ("probability", "threshold"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} {value} is outside [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -364,8 +410,17 @@ def complete_job(
     *,
     now: datetime,
     skip_reason: str | None = None,
+    findings: Sequence[NewFinding] = (),
 ) -> bool:
-    """Record a claimed job's results (outbox rows) and mark it DONE.
+    """Record a claimed job's results (outbox rows) and findings, and mark it DONE.
+
+    Args:
+        session: open transaction.
+        claim: the job as claimed.
+        results: produced objects, already written.
+        now: naive UTC.
+        skip_reason: why the job produced nothing (it becomes SKIPPED).
+        findings: per image and label what the job concluded (``finding`` rows).
 
     A result whose SOP Instance UID an earlier job already recorded (a heatmap SC of an
     image re-analysed for a superseding report: same content, same UID) is not recorded
@@ -392,6 +447,25 @@ def complete_job(
                 state=OutboxState.PENDING,
                 created_at=now,
                 next_attempt_at=now,
+            )
+        )
+    for finding in findings:
+        session.add(
+            Finding(
+                job_id=job.id,
+                study_instance_uid=job.study_instance_uid,
+                sop_instance_uid=finding.sop_instance_uid,
+                label=finding.label,
+                probability=finding.probability,
+                threshold=finding.threshold,
+                decision=finding.decision,
+                not_assessed_reason=finding.not_assessed_reason.value if finding.not_assessed_reason else None,
+                detail=finding.detail,
+                model_name=finding.model_name,
+                model_version=finding.model_version,
+                sr_sop_instance_uid=finding.sr_sop_instance_uid,
+                sc_sop_instance_uid=finding.sc_sop_instance_uid,
+                created_at=now,
             )
         )
     job.state = JobState.DONE if results else JobState.SKIPPED

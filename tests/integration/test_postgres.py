@@ -88,7 +88,8 @@ def test_migrations_head_matches_the_models_on_postgres(pg_engine: Engine) -> No
 
 def test_pre_alembic_postgres_database_is_stamped_and_keeps_working(pg_url: str, tmp_path: Path) -> None:
     old = create_engine(pg_url)
-    Base.metadata.create_all(old)  # how the node made its tables before migrations
+    # how the node made its tables before migrations (the baseline's tables: later revisions add ``finding``)
+    Base.metadata.create_all(old, tables=[Base.metadata.tables[n] for n in ("study", "job", "instance", "result")])
     with sessionmaker(old).begin() as session:
         queue.record_instance(
             session, study_instance_uid="1.2.3", series_instance_uid="1.2.3.1", sop_instance_uid="1.2.3.1.1",

@@ -124,6 +124,17 @@ def test_config_show_is_json(tmp_path: Path) -> None:
     assert json.loads(result.output)["dicom"]["ae_title"] == "DICOMNODE"
 
 
+def test_config_show_redacts_the_http_token(tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text('[http]\nport = 8080\ntoken = "very-secret-token-123"\n')
+    result = runner.invoke(app, ["--config", str(config), "config", "show"])
+    assert result.exit_code == 0
+    assert json.loads(result.output)["http"] == {
+        "port": 8080, "show_phi": False, "token": "<redacted>", "min_free_disk_mb": 500,
+    }  # fmt: skip
+    assert "very-secret" not in result.output
+
+
 def _one_error_line(output: str) -> str:
     lines = [line for line in output.splitlines() if line.strip()]
     assert len(lines) == 1, output

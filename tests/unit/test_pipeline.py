@@ -11,7 +11,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from dicomnode.config import OutputSettings
-from dicomnode.domain import ResultKind
+from dicomnode.domain import FindingDecision, NotAssessedReason, ResultKind
 from dicomnode.inference.registry import resolve_manifest
 from dicomnode.inference.runner import ModelRunner
 from dicomnode.pipeline import PipelineOptions, analyse_files, process_jobs
@@ -70,6 +70,14 @@ def test_unusable_image_is_skipped_and_the_rest_processed(tmp_path: Path, runner
     assert outcome.error is None
     assert list(outcome.skipped) == [bad.sop_instance_uid]
     assert [r.kind for r in outcome.results] == [ResultKind.HEATMAP_SC, ResultKind.FINDINGS_SR]
+    # the findings for the database: the good image decided, the bad one not assessed
+    sc, sr = outcome.results
+    assert [(f.sop_instance_uid, f.decision, f.not_assessed_reason) for f in outcome.findings] == [
+        (good.sop_instance_uid, f.decision, None) for f in outcome.findings[:1]
+    ] + [(bad.sop_instance_uid, FindingDecision.NOT_ASSESSED, NotAssessedReason.UNDECODABLE)]
+    assert outcome.findings[0].decision in (FindingDecision.PRESENT, FindingDecision.ABSENT)
+    assert outcome.findings[0].sc_sop_instance_uid == sc.sop_instance_uid
+    assert {f.sr_sop_instance_uid for f in outcome.findings} == {sr.sop_instance_uid}
 
 
 def test_study_with_nothing_usable_has_no_results(tmp_path: Path, runner: ModelRunner) -> None:
