@@ -125,7 +125,7 @@ def test_api_lists_and_filters_studies(node: Node) -> None:
     assert row["present"] == ["effusion", "pneumonia"]
     assert row["timeline"]["received"] == T0.isoformat() + "Z"
     assert row["timeline"]["done"] == (T0 + timedelta(seconds=4)).isoformat() + "Z"
-    assert row["results_pending"] == 3
+    assert row["results_pending"] == 5  # one SC per positive finding (2 images x 2 labels) + the SR
     assert client.get("/api/studies", params={"state": "failed"}).json()["count"] == 0
     assert client.get("/api/studies", params={"positive": "1", "state": "done"}).json()["count"] == 1
     later = (T0 + timedelta(minutes=5)).isoformat() + "Z"
@@ -144,7 +144,7 @@ def test_api_study_detail_has_findings_results_and_no_phi(node: Node) -> None:
     assert finding["label"] == "pneumonia" and finding["decision"] == "present"
     assert finding["model"] == {"name": "tiny-test_resnet", "version": "0.0.1"}
     assert detail["images"][0]["heatmap"]["state"] == "pending"
-    assert sorted(r["kind"] for r in detail["results"]) == ["findings_sr", "heatmap_sc", "heatmap_sc"]
+    assert sorted(r["kind"] for r in detail["results"]) == ["findings_sr"] + ["heatmap_sc"] * 4  # per positive finding
     assert "patient" not in detail
     assert "Doe" not in response.text and "PID-4711" not in response.text
     assert client.get("/api/studies/1.2.3.4").status_code == 404
