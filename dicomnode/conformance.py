@@ -404,31 +404,15 @@ def _transfer_syntax_tables(sets: dict[tuple[UID, ...], str]) -> list[Table]:
     ]
 
 
-# DIMSE statuses the Storage SCP answers: the constant name in the receiving modules
-# and its meaning. A constant the receiving code does not define is left out.
-_STATUS_MEANINGS: tuple[tuple[str, str, str], ...] = (
-    ("handlers", "STATUS_SUCCESS", "Success: stored and queued (or stored and skipped for inference)"),
-    ("validation", "STATUS_OUT_OF_RESOURCES", "Refused: out of resources (disk or database write failed)"),
-    ("validation", "STATUS_MISMATCH", "Error: data set does not match SOP class (UIDs differ from the request)"),
-    ("validation", "STATUS_CANNOT_UNDERSTAND", "Error: cannot understand (the data set cannot be decoded)"),
-    ("validation", "STATUS_MISSING_UID", "Error: a required UID is missing"),
-    ("validation", "STATUS_INVALID_UID", "Error: a UID is not valid"),
-    ("validation", "STATUS_PIXEL_LENGTH", "Error: pixel data length does not match the image dimensions"),
-    ("validation", "STATUS_SOP_CLASS_NOT_SUPPORTED", "Refused: SOP class not supported"),
-    ("handlers", "STATUS_PROCESSING_FAILURE", "Failure: unexpected processing failure"),
-)
-
-
 def _store_status_table() -> Table:
-    from dicomnode.receiving import handlers, validation
+    """Every status of :class:`~dicomnode.receiving.statuses.Status`: all the node answers."""
+    from dicomnode.receiving.statuses import Status
 
-    modules = {"handlers": handlers, "validation": validation}
-    rows = []
-    for module_name, constant, meaning in _STATUS_MEANINGS:
-        value = getattr(modules[module_name], constant, None)
-        if isinstance(value, int):
-            rows.append((f"0x{value:04X}", meaning))
-    return Table(("Status", "Meaning"), tuple(rows), caption="C-STORE response statuses")
+    return Table(
+        ("Status", "Meaning", "Returned when"),
+        tuple((status.hex, status.meaning, status.when) for status in Status),
+        caption="C-STORE response statuses",
+    )
 
 
 def _character_sets() -> Section:

@@ -44,6 +44,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, evt
 from pynetdicom.events import EventHandlerType
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # generated at import
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomnode.config import DicomSettings
@@ -59,8 +60,6 @@ from dicomnode.receiving.handlers import ReceiveContext, handle_echo, handle_sto
 from dicomnode.receiving.validation import STORAGE_SOP_CLASSES
 
 logger = logging.getLogger(__name__)
-
-VERIFICATION_SOP_CLASS: Final = UID("1.2.840.10008.1.1")
 
 #: Uncompressed transfer syntaxes: pydicom always decodes them.
 NATIVE_TRANSFER_SYNTAXES: Final[tuple[UID, ...]] = (
@@ -302,7 +301,7 @@ def build_ae(settings: DicomSettings) -> AE:
     for sop_class in STORAGE_SOP_CLASSES:
         ae.add_supported_context(sop_class, transfer_syntaxes)
     ae.add_supported_context(
-        VERIFICATION_SOP_CLASS,
+        Verification,
         [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian],
     )
     return ae
