@@ -24,7 +24,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from pydicom.sr.coding import Code
-from pydicom.uid import UID
+from pydicom.uid import UID, ComprehensiveSRStorage, SecondaryCaptureImageStorage
 
 from dicomnode import __version__
 from dicomnode.config import Settings
@@ -480,7 +480,6 @@ def _code_rows(items: Sequence[tuple[str, Code]]) -> tuple[tuple[str, ...], ...]
 
 def _iod_contents(settings: Settings) -> list[Section]:
     from dicomnode.outputs import codes
-    from dicomnode.sending import scu
 
     outputs = settings.outputs
     concepts = [
@@ -498,11 +497,11 @@ def _iod_contents(settings: Settings) -> list[Section]:
         Section(
             "Created SOP Instances",
             (
-                (f"Heatmap: {_uid_name(scu.SECONDARY_CAPTURE)} ({scu.SECONDARY_CAPTURE}), one per processed "
+                (f"Heatmap: {_uid_name(SecondaryCaptureImageStorage)} ({SecondaryCaptureImageStorage}), one per processed "
                 f"image, RGB, in a new series of the source study (Series Number {outputs.sc_series_number}, "
                 f"Series Description \"{outputs.sc_series_description}\"), referencing its source in the "
                 "Source Image Sequence; Derivation Code: Grad-CAM."),
-                (f"Findings report: {_uid_name(scu.COMPREHENSIVE_SR)} ({scu.COMPREHENSIVE_SR}), one per study "
+                (f"Findings report: {_uid_name(ComprehensiveSRStorage)} ({ComprehensiveSRStorage}), one per study "
                 f"(Series Number {outputs.sr_series_number}, Series Description "
                 f"\"{outputs.sr_series_description}\"), Content Qualification "
                 f"{outputs.content_qualification}, Completion Flag COMPLETE, Verification Flag UNVERIFIED, "

@@ -18,15 +18,11 @@ No module state: nothing is cached or counted between calls.
 
 from __future__ import annotations
 
-import uuid
-
 from pydicom.uid import generate_uid
 
+from dicomnode.uid import DICOMNODE_UUID_NAMESPACE, name_based_uid
+
 __all__ = ["DICOMNODE_UUID_NAMESPACE", "derived_uid", "new_uid"]
-
-#: Namespace of dicomnode's name-based UUIDs: ``uuid5(NAMESPACE_URL, "urn:dicomnode")``.
-DICOMNODE_UUID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:dicomnode")
-
 
 def new_uid() -> str:
     """A new random UID of the form ``2.25.<decimal UUID4>`` (at most 64 characters)."""
@@ -48,8 +44,4 @@ def derived_uid(*parts: str) -> str:
     Raises:
         ValueError: no parts, or an empty part.
     """
-    if not parts or any(not part for part in parts):
-        raise ValueError("derived_uid needs one or more non-empty parts")
-    # Length-prefix each part so that concatenation is unambiguous.
-    name = "".join(f"{len(part)}:{part}" for part in parts)
-    return f"2.25.{uuid.uuid5(DICOMNODE_UUID_NAMESPACE, name).int}"
+    return name_based_uid(*parts)

@@ -72,7 +72,7 @@ from dicomnode.receiving.validation import (
 )
 from dicomnode.store import duplicates, queue
 from dicomnode.store.files import FileStore
-from dicomnode.uid import is_valid_uid
+from dicomnode.uid import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, is_valid_uid
 
 if TYPE_CHECKING:
     from pynetdicom.events import Event
@@ -404,11 +404,15 @@ def _persist_locked(
 
 def _file_parts(event: Event) -> list[bytes | memoryview]:
     """The Part-10 file of the received data set as two parts, without copying it:
-    preamble + ``DICM`` + a fresh File Meta header, then a view of the data set bytes
+    preamble + ``DICM`` + a fresh File Meta header (with the node's Implementation Class
+    UID and Version Name), then a view of the data set bytes
     exactly as received (what ``event.encoded_dataset()`` joins into one copy)."""
     from pynetdicom.dsutils import encode_file_meta
 
-    header = b"\x00" * 128 + b"DICM" + encode_file_meta(event.file_meta)
+    meta = event.file_meta
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID  # we write the file, not pynetdicom
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    header = b"\x00" * 128 + b"DICM" + encode_file_meta(meta)
     stream = getattr(event.request, "DataSet", None)
     if isinstance(stream, io.BytesIO):
         return [header, stream.getbuffer()]

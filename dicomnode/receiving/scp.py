@@ -58,6 +58,7 @@ from dicomnode.receiving.guard import (
 )
 from dicomnode.receiving.handlers import ReceiveContext, handle_echo, handle_store
 from dicomnode.receiving.validation import STORAGE_SOP_CLASSES
+from dicomnode.uid import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -288,6 +289,8 @@ def build_ae(settings: DicomSettings) -> AE:
         and Verification as SCP.
     """
     ae = AE(ae_title=settings.ae_title)
+    ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+    ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
     ae.maximum_associations = _PYNETDICOM_LIMIT_OFF  # see guard.handle_requested
     ae.acse_timeout = settings.acse_timeout_s
     ae.dimse_timeout = settings.dimse_timeout_s
