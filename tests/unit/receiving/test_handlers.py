@@ -24,6 +24,7 @@ from dicomnode.receiving.scp import stop_scp
 from dicomnode.receiving.statuses import Status
 from dicomnode.store.files import FileStore
 from dicomnode.store.models import Instance, Job
+from dicomnode.uid import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from tests.helpers import (
     CR_IMAGE_STORAGE,
     DX_PRESENTATION_STORAGE,
@@ -86,6 +87,9 @@ def test_store_success_writes_file_and_row(
     back = pydicom.dcmread(stored)
     assert back.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
     assert back.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian  # our first choice
+    # The node wrote the file: its implementation identity, not pynetdicom's.
+    assert back.file_meta.ImplementationClassUID == IMPLEMENTATION_CLASS_UID
+    assert back.file_meta.ImplementationVersionName == IMPLEMENTATION_VERSION_NAME
     assert back.PixelData == ds.PixelData
     # The data set bytes are the ones the SCU put on the wire, not a re-encoding.
     assert _dataset_bytes(stored) == encode(ds, False, True)

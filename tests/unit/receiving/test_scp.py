@@ -141,3 +141,19 @@ def test_stop_closes_the_port(receive_context: ReceiveContext) -> None:
     stop_scp(running.server, grace_s=1)  # idempotent
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", running.port), timeout=1).close()
+
+
+def test_the_scp_announces_the_nodes_implementation_identity(scp: RunningScp) -> None:
+    """The A-ASSOCIATE-AC carries dicomnode's Implementation Class UID and Version Name."""
+    from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID
+
+    from dicomnode.uid import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+
+    assoc = associate(scp.port, [(Verification, SYNTAXES)])
+    assert assoc.is_established
+    try:
+        assert assoc.acceptor.implementation_class_uid == IMPLEMENTATION_CLASS_UID
+        assert assoc.acceptor.implementation_version_name == IMPLEMENTATION_VERSION_NAME
+        assert IMPLEMENTATION_CLASS_UID != PYNETDICOM_IMPLEMENTATION_UID
+    finally:
+        assoc.release()
