@@ -24,7 +24,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from pydicom.sr.coding import Code
-from pydicom.uid import UID
+from pydicom.uid import UID, ComprehensiveSRStorage, SecondaryCaptureImageStorage
 
 from dicomnode import __version__
 from dicomnode.config import Settings
@@ -404,31 +404,15 @@ def _transfer_syntax_tables(sets: dict[tuple[UID, ...], str]) -> list[Table]:
     ]
 
 
-# DIMSE statuses the Storage SCP answers: the constant name in the receiving modules
-# and its meaning. A constant the receiving code does not define is left out.
-_STATUS_MEANINGS: tuple[tuple[str, str, str], ...] = (
-    ("handlers", "STATUS_SUCCESS", "Success: stored and queued (or stored and skipped for inference)"),
-    ("validation", "STATUS_OUT_OF_RESOURCES", "Refused: out of resources (disk or database write failed)"),
-    ("validation", "STATUS_MISMATCH", "Error: data set does not match SOP class (UIDs differ from the request)"),
-    ("validation", "STATUS_CANNOT_UNDERSTAND", "Error: cannot understand (the data set cannot be decoded)"),
-    ("validation", "STATUS_MISSING_UID", "Error: a required UID is missing"),
-    ("validation", "STATUS_INVALID_UID", "Error: a UID is not valid"),
-    ("validation", "STATUS_PIXEL_LENGTH", "Error: pixel data length does not match the image dimensions"),
-    ("validation", "STATUS_SOP_CLASS_NOT_SUPPORTED", "Refused: SOP class not supported"),
-    ("handlers", "STATUS_PROCESSING_FAILURE", "Failure: unexpected processing failure"),
-)
-
-
 def _store_status_table() -> Table:
-    from dicomnode.receiving import handlers, validation
+    """Every status of :class:`~dicomnode.receiving.statuses.Status`: all the node answers."""
+    from dicomnode.receiving.statuses import Status
 
-    modules = {"handlers": handlers, "validation": validation}
-    rows = []
-    for module_name, constant, meaning in _STATUS_MEANINGS:
-        value = getattr(modules[module_name], constant, None)
-        if isinstance(value, int):
-            rows.append((f"0x{value:04X}", meaning))
-    return Table(("Status", "Meaning"), tuple(rows), caption="C-STORE response statuses")
+    return Table(
+        ("Status", "Meaning", "Returned when"),
+        tuple((status.hex, status.meaning, status.when) for status in Status),
+        caption="C-STORE response statuses",
+    )
 
 
 def _character_sets() -> Section:
@@ -496,7 +480,6 @@ def _code_rows(items: Sequence[tuple[str, Code]]) -> tuple[tuple[str, ...], ...]
 
 def _iod_contents(settings: Settings) -> list[Section]:
     from dicomnode.outputs import codes
-    from dicomnode.sending import scu
 
     outputs = settings.outputs
     concepts = [
@@ -514,11 +497,11 @@ def _iod_contents(settings: Settings) -> list[Section]:
         Section(
             "Created SOP Instances",
             (
-                (f"Heatmap: {_uid_name(scu.SECONDARY_CAPTURE)} ({scu.SECONDARY_CAPTURE}), one per processed "
+                (f"Heatmap: {_uid_name(SecondaryCaptureImageStorage)} ({SecondaryCaptureImageStorage}), one per processed "
                 f"image, RGB, in a new series of the source study (Series Number {outputs.sc_series_number}, "
                 f"Series Description \"{outputs.sc_series_description}\"), referencing its source in the "
                 "Source Image Sequence; Derivation Code: Grad-CAM."),
-                (f"Findings report: {_uid_name(scu.COMPREHENSIVE_SR)} ({scu.COMPREHENSIVE_SR}), one per study "
+                (f"Findings report: {_uid_name(ComprehensiveSRStorage)} ({ComprehensiveSRStorage}), one per study "
                 f"(Series Number {outputs.sr_series_number}, Series Description "
                 f"\"{outputs.sr_series_description}\"), Content Qualification "
                 f"{outputs.content_qualification}, Completion Flag COMPLETE, Verification Flag UNVERIFIED, "

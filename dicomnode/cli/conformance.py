@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from dicomnode.cli.common import fail, settings_in_effect
 from dicomnode.errors import DicomNodeError
 
 
@@ -20,14 +21,13 @@ def conformance(
     ] = None,
 ) -> None:
     """Generate the node's DICOM Conformance Statement from the configuration in effect."""
-    from dicomnode.cli.main import _settings, fail
     from dicomnode.conformance import OutputFormat, generate
 
     try:
         fmt = OutputFormat(format.lower())
     except ValueError as exc:
         raise typer.BadParameter(f"{format!r} is not one of: md, html", param_hint="--format") from exc
-    settings = _settings(ctx, {})
+    settings = settings_in_effect(ctx, {})
     try:
         text = generate(settings, fmt)
     except DicomNodeError as exc:

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from dicomnode.cli.common import fail, settings_in_effect
 from dicomnode.errors import DicomNodeError
 
 db_app = typer.Typer(no_args_is_help=True, help="Queue database schema (Alembic migrations).")
@@ -19,11 +20,10 @@ def upgrade(
     db_url: Annotated[str | None, typer.Option("--db-url", help="SQLAlchemy URL of the queue.")] = None,
 ) -> None:
     """Bring the queue database to the newest schema revision (every node start does the same)."""
-    from dicomnode.cli.main import _settings, fail
     from dicomnode.store.db import make_engine
     from dicomnode.store.migrate import current_revision
 
-    settings = _settings(ctx, {"store": {"data_dir": data_dir, "db_url": db_url}})
+    settings = settings_in_effect(ctx, {"store": {"data_dir": data_dir, "db_url": db_url}})
     try:
         engine = make_engine(settings.store)  # upgrades on start-up
     except DicomNodeError as exc:
@@ -41,7 +41,6 @@ def revision(
     message: Annotated[str, typer.Argument(help="What the schema change does, e.g. 'add job.priority'.")],
 ) -> None:
     """(Developers) write a migration for the model changes in dicomnode/store/models.py."""
-    from dicomnode.cli.main import fail
     from dicomnode.store.migrate import new_revision
 
     try:

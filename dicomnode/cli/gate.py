@@ -8,18 +8,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 
+from dicomnode.cli.common import fail
 from dicomnode.errors import DicomNodeError
 
 gate_app = typer.Typer(no_args_is_help=True, help="The input gate: is an image a frontal chest radiograph?")
-
-
-def _fail(message: str) -> NoReturn:
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    raise typer.Exit(code=1)
 
 
 def _shared_dicom_default() -> Path | None:
@@ -62,7 +58,7 @@ def fit(
     try:
         result = fit_gate(config)
     except DicomNodeError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     spec = result.spec
     typer.echo(
         f"wrote {result.manifest_path.parent / spec.file} and the gate section of {result.manifest_path}: "
@@ -88,7 +84,7 @@ def evaluate(
     try:
         report = evaluate_gate(model, data, dicom_dir or _shared_dicom_default(), max_val=max_val, device=device)
     except DicomNodeError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(report.format())
     if as_json:
         typer.echo(json.dumps(report.as_dict()))

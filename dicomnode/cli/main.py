@@ -8,17 +8,18 @@ libraries are imported inside the commands, so ``dicomnode --help`` stays fast.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from typer.core import TyperGroup
 
 from dicomnode import __version__
 from dicomnode.cli import conformance, gate, training
+from dicomnode.cli.common import CliContext, fail, settings_in_effect
 from dicomnode.cli.db import db_app
-from dicomnode.config import DestinationSettings, Settings, load_settings
+from dicomnode.config import DestinationSettings, Settings
 from dicomnode.errors import DicomNodeError
 
 if TYPE_CHECKING:
@@ -83,19 +84,6 @@ app.add_typer(db_app, name="db")
 app.add_typer(gate.gate_app, name="gate")
 
 
-@dataclass(frozen=True)
-class CliContext:
-    """What the root callback hands to every command."""
-
-    config_file: Path | None
-
-
-def fail(message: str) -> NoReturn:
-    """Print a one-line error on stderr and exit with code 1."""
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    raise typer.Exit(code=1)
-
-
 def _print_version(value: bool) -> None:
     if value:
         typer.echo(f"dicomnode {__version__}")
@@ -120,14 +108,6 @@ def main(
 ) -> None:
     """dicomnode: receive chest radiographs over DICOM, infer in batches, send SC + SR back."""
     ctx.obj = CliContext(config_file=config)
-
-
-def _settings(ctx: typer.Context, overrides: dict[str, Any]) -> Settings:
-    cli: CliContext = ctx.obj
-    try:
-        return load_settings(cli.config_file, overrides)
-    except DicomNodeError as exc:
-        fail(str(exc))
 
 
 def _destination(spec: str | None) -> dict[str, Any] | None:
@@ -178,7 +158,7 @@ def serve(
 
     if role not in ROLES:
         raise typer.BadParameter(f"must be one of {', '.join(ROLES)}", param_hint="--role")
-    settings = _settings(
+    settings = settings_in_effect(
         ctx,
         {
             "dicom": {"bind_address": host, "port": port, "ae_title": ae_title, "allowed_calling_aets": allowed_calling_aets,
@@ -262,7 +242,7 @@ def status(
     from dicomnode.store.files import RESULTS_AREA
     from dicomnode.store.queue import status_summary
 
-    settings = _settings(ctx, {"store": {"data_dir": data_dir, "db_url": db_url}})
+    settings = settings_in_effect(ctx, {"store": {"data_dir": data_dir, "db_url": db_url}})
     engine = _open_queue(settings)
     try:
         with make_sessionmaker(engine)() as session:
@@ -321,7 +301,7 @@ def retry(
     from dicomnode.store.files import RESULTS_AREA
     from dicomnode.store.queue import retry_failed, utcnow
 
-    settings = _settings(ctx, {"store": {"data_dir": data_dir, "db_url": db_url}})
+    settings = settings_in_effect(ctx, {"store": {"data_dir": data_dir, "db_url": db_url}})
     engine = _open_queue(settings)
     try:
         with make_sessionmaker(engine).begin() as session:
@@ -368,7 +348,7 @@ def predict(
     from dicomnode.node import load_runner
     from dicomnode.pipeline import PipelineOptions, analyse_files
 
-    settings = _settings(ctx, {"model": {"name": model, "device": device, "explain": explain}})
+    settings = settings_in_effect(ctx, {"model": {"name": model, "device": device, "explain": explain}})
     # Library warnings pass the PHI guard; the per-file lines are the output, so INFO
     # chatter (model loaded, ...) is left out unless DEBUG is asked for.
     logconfig.configure(settings.log_level if settings.log_level == "DEBUG" else "WARNING")
@@ -391,7 +371,7 @@ def predict(
 @config_app.command("show")
 def config_show(ctx: typer.Context) -> None:
     """Print the merged settings (file + environment + defaults) as JSON; secrets redacted."""
-    settings = _settings(ctx, {})
+    settings = settings_in_effect(ctx, {})
     shown = settings.model_dump(mode="json")
     if settings.http.token is not None:
         shown["http"]["token"] = "<redacted>"

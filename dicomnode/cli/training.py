@@ -10,10 +10,11 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from dicomnode.cli.common import fail
 from dicomnode.errors import DicomNodeError
 
 if TYPE_CHECKING:
@@ -23,11 +24,6 @@ if TYPE_CHECKING:
     from dicomnode.training.datasets import DataFormat
 
 models_app = typer.Typer(no_args_is_help=True, help="Shipped and local models.")
-
-
-def _fail(message: str) -> NoReturn:
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    raise typer.Exit(code=1)
 
 
 def _configure_logging(level: str) -> None:
@@ -131,7 +127,7 @@ def train(
     try:
         result = run_training(config)
     except DicomNodeError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     report = result.report
     typer.echo(
         f"wrote {result.out / 'manifest.json'}: val AUC {report.get('auc', float('nan')):.4f}, "
@@ -144,7 +140,7 @@ def train(
         try:
             fitted = fit_gate(GateFitConfig(model=str(result.out), data=data, fmt=fmt, images_dir=images_dir, device=device))
         except DicomNodeError as exc:
-            _fail(f"model written, but fitting its input gate failed: {exc} (retry with `dicomnode gate fit`)")
+            fail(f"model written, but fitting its input gate failed: {exc} (retry with `dicomnode gate fit`)")
         typer.echo(
             f"input gate: {fitted.manifest_path.parent / fitted.spec.file}, "
             f"validation acceptance {fitted.spec.val_acceptance:.4f} (n={fitted.spec.n_val})"
@@ -209,7 +205,7 @@ def evaluate(
             images_dir=images_dir, out=out, batch_size=batch_size, device=device, n_boot=bootstrap,
         )
     except DicomNodeError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     table = format_table(result)
     if as_json:
         typer.echo(table, err=True)
@@ -247,7 +243,7 @@ def calibrate(
             batch_size=batch_size, device=device,
         )
     except DicomNodeError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     before, after, report = result.before, result.after, result.report
     cal = after.calibration
     if cal is not None:
@@ -293,7 +289,7 @@ def site_threshold(
             n_boot=bootstrap, batch_size=batch_size, device=device,
         )
     except DicomNodeError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     site = result.manifest.site_validation
     n = site.n if site else 0
     typer.echo(f"site data: n {n}, positive {site.n_positive if site else 0}, AUC {_with_ci(result.at_new.as_dict(), 'auc')}")
@@ -418,7 +414,7 @@ def pretrain(
     try:
         path = run_pretrain(config)
     except DicomNodeError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(f"wrote {path}; fine-tune with: dicomnode train --arch {arch} --img-size {img_size} --init {path} ...")
 
 

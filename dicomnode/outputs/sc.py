@@ -24,7 +24,7 @@ from dicomnode.config import OutputSettings
 from dicomnode.domain import ModelIdentity
 from dicomnode.outputs import codes
 from dicomnode.outputs.charset import with_writable_charset
-from dicomnode.outputs.uids import derived_uid
+from dicomnode.outputs.uids import derived_uid, stamp_implementation
 from dicomnode.outputs.validate import drop_invalid_elements
 
 if TYPE_CHECKING:
@@ -137,6 +137,7 @@ def build_heatmap_sc(
     reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
     reference.PurposeOfReferenceCodeSequence = [_code_item(codes.SOURCE_IMAGE_FOR_PROCESSING)]
     sc.SourceImageSequence = [reference]
+    stamp_implementation(sc)
     logger.debug(
         "built heatmap SC %s for source %s (%dx%d)",
         sop_instance_uid,

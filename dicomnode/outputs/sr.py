@@ -68,7 +68,7 @@ from dicomnode.domain import (
 )
 from dicomnode.outputs import codes
 from dicomnode.outputs.charset import with_writable_charset
-from dicomnode.outputs.uids import derived_uid
+from dicomnode.outputs.uids import derived_uid, stamp_implementation
 from dicomnode.outputs.validate import drop_invalid_elements
 
 if TYPE_CHECKING:
@@ -268,6 +268,7 @@ def build_findings_sr(
         ],
     )
     _tidy_copied_attributes(sr)
+    stamp_implementation(sr)
     logger.debug(
         "built findings SR %s for study %s: %d image(s), %d assessed, predecessor %s",
         sop_instance_uid,

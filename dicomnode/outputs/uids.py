@@ -18,15 +18,17 @@ No module state: nothing is cached or counted between calls.
 
 from __future__ import annotations
 
-import uuid
-
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import generate_uid
 
-__all__ = ["DICOMNODE_UUID_NAMESPACE", "derived_uid", "new_uid"]
+from dicomnode.uid import (
+    DICOMNODE_UUID_NAMESPACE,
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+    name_based_uid,
+)
 
-#: Namespace of dicomnode's name-based UUIDs: ``uuid5(NAMESPACE_URL, "urn:dicomnode")``.
-DICOMNODE_UUID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:dicomnode")
-
+__all__ = ["DICOMNODE_UUID_NAMESPACE", "derived_uid", "new_uid", "stamp_implementation"]
 
 def new_uid() -> str:
     """A new random UID of the form ``2.25.<decimal UUID4>`` (at most 64 characters)."""
@@ -48,8 +50,17 @@ def derived_uid(*parts: str) -> str:
     Raises:
         ValueError: no parts, or an empty part.
     """
-    if not parts or any(not part for part in parts):
-        raise ValueError("derived_uid needs one or more non-empty parts")
-    # Length-prefix each part so that concatenation is unambiguous.
-    name = "".join(f"{len(part)}:{part}" for part in parts)
-    return f"2.25.{uuid.uuid5(DICOMNODE_UUID_NAMESPACE, name).int}"
+    return name_based_uid(*parts)
+
+
+def stamp_implementation(ds: Dataset) -> None:
+    """Name dicomnode (not highdicom or pydicom) as the writer in ``ds.file_meta``.
+
+    Sets (0002,0012) Implementation Class UID and (0002,0013) Implementation Version
+    Name to :data:`dicomnode.uid.IMPLEMENTATION_CLASS_UID` and
+    :data:`dicomnode.uid.IMPLEMENTATION_VERSION_NAME`; creates the file meta when absent.
+    """
+    if getattr(ds, "file_meta", None) is None:
+        ds.file_meta = FileMetaDataset()
+    ds.file_meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    ds.file_meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME

@@ -22,7 +22,7 @@ from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dimse_primitives import C_STORE
 
-from dicomnode.receiving.validation import STATUS_INVALID_UID
+from dicomnode.receiving.statuses import Status
 from dicomnode.uid import is_valid_uid
 
 if TYPE_CHECKING:
@@ -82,14 +82,14 @@ def _refuse(message: DIMSEMessage, assoc: Association, problem: str) -> None:
     message_id = int(_value(command, "MessageID"))
     logger.warning(
         "refused C-STORE (message %d) from %s: 0x%04X %s",
-        message_id, _peer(assoc), STATUS_INVALID_UID, problem,
+        message_id, _peer(assoc), Status.INVALID_UID, problem,
     )  # fmt: skip
     response = C_STORE()
     response.MessageIDBeingRespondedTo = message_id
     sop_class = _value(command, "AffectedSOPClassUID")
     if is_valid_uid(sop_class):
         response.AffectedSOPClassUID = sop_class
-    response.Status = STATUS_INVALID_UID
+    response.Status = int(Status.INVALID_UID)
     assoc.dimse.send_msg(response, int(message.context_id or 0))
 
 

@@ -2,7 +2,7 @@
 
 pynetdicom calls these in the association's thread, so they do only cheap work:
 no pixel decoding and never inference. Each step's failure maps to one DIMSE status
-(STYLE.md section 6):
+(STYLE.md section 6); the codes are :class:`~dicomnode.receiving.statuses.Status`:
 
 ====================================================  =======================================
 what happened                                         status
@@ -62,14 +62,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicomnode import metrics
 from dicomnode.domain import InstanceState
 from dicomnode.errors import RejectedInstance, StorageError
+from dicomnode.receiving.statuses import Status
 from dicomnode.receiving.validation import (
-    STATUS_CANNOT_UNDERSTAND,
-    STATUS_DATASET_TOO_LARGE,
-    STATUS_INVALID_UID,
-    STATUS_MISMATCH,
-    STATUS_MISSING_UID,
-    STATUS_OUT_OF_RESOURCES,
-    STATUS_SOP_CLASS_NOT_SUPPORTED,
     STORAGE_SOP_CLASSES,
     Accept,
     Verdict,
@@ -79,15 +73,13 @@ from dicomnode.receiving.validation import (
 )
 from dicomnode.store import duplicates, queue
 from dicomnode.store.files import FileStore
-from dicomnode.uid import is_valid_uid
+from dicomnode.uid import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, is_valid_uid
 
 if TYPE_CHECKING:
     from pynetdicom.events import Event
 
 logger = logging.getLogger(__name__)
 
-STATUS_SUCCESS: Final = 0x0000
-STATUS_PROCESSING_FAILURE: Final = 0x0110
 _LOCK_STRIPES: Final = 64
 _INFLATE_CHUNK: Final = 4 * 1024 * 1024
 #: Folder (under the data folder) of the per-UID lock files shared by receivers.
@@ -185,7 +177,7 @@ class _Header:
     series_instance_uid: str
 
 
-def handle_echo(event: Event) -> int:
+def handle_echo(event: Event) -> Status:
     """Answer a C-ECHO (Verification) with success.
 
     Args:
@@ -195,10 +187,10 @@ def handle_echo(event: Event) -> int:
         ``0x0000``.
     """
     logger.debug("C-ECHO from %s", _calling_ae(event))
-    return STATUS_SUCCESS
+    return Status.SUCCESS
 
 
-def handle_store(event: Event, context: ReceiveContext) -> int:
+def handle_store(event: Event, context: ReceiveContext) -> Status:
     """Validate, persist and queue one received instance; return its DIMSE status.
 
     Bound as ``(evt.EVT_C_STORE, handle_store, [context])``. Never raises: every
@@ -217,7 +209,7 @@ def handle_store(event: Event, context: ReceiveContext) -> int:
     return status
 
 
-def _handle_store(event: Event, context: ReceiveContext) -> int:
+def _handle_store(event: Event, context: ReceiveContext) -> Status:
     calling_ae = _calling_ae(event)
     try:
         try:
@@ -230,12 +222,12 @@ def _handle_store(event: Event, context: ReceiveContext) -> int:
                 exc.status,
                 exc.reason,
             )
-            return exc.status
+            return Status(exc.status)
         verdict = classify(ds)
         return _persist(event, context, header, verdict, calling_ae)
     except Exception:
         logger.exception("unexpected error storing %s from %s", _command_uid(event), calling_ae)
-        return STATUS_PROCESSING_FAILURE
+        return Status.PROCESSING_FAILURE
 
 
 def _read_header(event: Event, context: ReceiveContext) -> tuple[Dataset, _Header]:
@@ -251,7 +243,7 @@ def _read_header(event: Event, context: ReceiveContext) -> tuple[Dataset, _Heade
         ds = event.dataset
     except Exception as exc:
         raise RejectedInstance(
-            STATUS_CANNOT_UNDERSTAND, f"data set cannot be decoded ({type(exc).__name__})"
+            Status.CANNOT_UNDERSTAND, f"data set cannot be decoded ({type(exc).__name__})"
         ) from exc
     check_structure(ds, transfer_syntax)
 
@@ -266,19 +258,19 @@ def _read_header(event: Event, context: ReceiveContext) -> tuple[Dataset, _Heade
     command_class = getattr(request, "AffectedSOPClassUID", None)
     if str(command_instance or "") != header.sop_instance_uid:
         raise RejectedInstance(
-            STATUS_MISMATCH, "Affected SOP Instance UID differs from the data set's"
+            Status.MISMATCH, "Affected SOP Instance UID differs from the data set's"
         )
     if str(command_class or "") != header.sop_class_uid:
         raise RejectedInstance(
-            STATUS_MISMATCH, "Affected SOP Class UID differs from the data set's"
+            Status.MISMATCH, "Affected SOP Class UID differs from the data set's"
         )
     if header.sop_class_uid != str(event.context.abstract_syntax):
         raise RejectedInstance(
-            STATUS_MISMATCH, "SOP Class UID differs from the presentation context's"
+            Status.MISMATCH, "SOP Class UID differs from the presentation context's"
         )
     if header.sop_class_uid not in STORAGE_SOP_CLASSES:
         raise RejectedInstance(
-            STATUS_SOP_CLASS_NOT_SUPPORTED, f"SOP class {header.sop_class_uid} is not taken"
+            Status.SOP_CLASS_NOT_SUPPORTED, f"SOP class {header.sop_class_uid} is not taken"
         )
     return ds, header
 
@@ -304,7 +296,7 @@ def _check_inflated_size(event: Event, limit: int) -> None:
             total += len(inflater.decompress(pending, _INFLATE_CHUNK))
             if total > limit:
                 raise RejectedInstance(
-                    STATUS_DATASET_TOO_LARGE,
+                    Status.DATASET_TOO_LARGE,
                     f"deflated data set of {len(payload)} bytes inflates past max_dataset_bytes ({limit})",
                 )
             pending = inflater.unconsumed_tail
@@ -312,10 +304,10 @@ def _check_inflated_size(event: Event, limit: int) -> None:
                 break
         total += len(inflater.flush())
     except zlib.error as exc:
-        raise RejectedInstance(STATUS_CANNOT_UNDERSTAND, "deflated data set is corrupt") from exc
+        raise RejectedInstance(Status.CANNOT_UNDERSTAND, "deflated data set is corrupt") from exc
     if total > limit:
         raise RejectedInstance(
-            STATUS_DATASET_TOO_LARGE,
+            Status.DATASET_TOO_LARGE,
             f"deflated data set of {len(payload)} bytes inflates past max_dataset_bytes ({limit})",
         )
 
@@ -328,18 +320,18 @@ def _required_uid(ds: Dataset, keyword: str) -> str:
     """
     value: Any = ds.get(keyword)
     if value is None or value == "":
-        raise RejectedInstance(STATUS_MISSING_UID, f"{keyword} is missing")
+        raise RejectedInstance(Status.MISSING_UID, f"{keyword} is missing")
     if not is_valid_uid(value):
         length = len(value) if isinstance(value, str) else "multi-valued"
         raise RejectedInstance(
-            STATUS_INVALID_UID, f"{keyword} is not a valid UID (length {length})"
+            Status.INVALID_UID, f"{keyword} is not a valid UID (length {length})"
         )
     return str(value)
 
 
 def _persist(
     event: Event, context: ReceiveContext, header: _Header, verdict: Verdict, calling_ae: str
-) -> int:
+) -> Status:
     """Write the received bytes and record the instance; the status to answer."""
     uid = header.sop_instance_uid
     try:
@@ -347,12 +339,12 @@ def _persist(
             return _persist_locked(event, context, header, verdict, calling_ae)
     except OSError as exc:  # the lock file cannot be created or locked
         logger.error("cannot lock %s from %s: %s", uid, calling_ae, type(exc).__name__)
-        return STATUS_OUT_OF_RESOURCES
+        return Status.OUT_OF_RESOURCES
 
 
 def _persist_locked(
     event: Event, context: ReceiveContext, header: _Header, verdict: Verdict, calling_ae: str
-) -> int:
+) -> Status:
     """:func:`_persist` with the UID's lock held (in this process and across processes)."""
     uid = header.sop_instance_uid
     path = context.files.incoming_path(uid)
@@ -361,10 +353,10 @@ def _persist_locked(
             duplicate = queue.instance_exists(session, uid)
     except (SQLAlchemyError, OSError) as exc:
         logger.error("database unavailable for %s from %s: %s", uid, calling_ae, type(exc).__name__)
-        return STATUS_OUT_OF_RESOURCES
+        return Status.OUT_OF_RESOURCES
     if duplicate:
         _log_duplicate(event, context, path, uid, calling_ae)
-        return STATUS_SUCCESS
+        return Status.SUCCESS
 
     # The raw bytes as received (no re-encoding), behind a fresh File Meta header.
     parts = _file_parts(event)
@@ -377,7 +369,7 @@ def _persist_locked(
             context.files.write_atomic(path, parts)
     except StorageError as exc:
         logger.error("cannot store %s from %s: %s", uid, calling_ae, exc)
-        return STATUS_OUT_OF_RESOURCES
+        return Status.OUT_OF_RESOURCES
     finally:
         for part in parts:
             if isinstance(part, memoryview):
@@ -404,7 +396,7 @@ def _persist_locked(
         _discard(context, path, uid)
         if isinstance(exc, SQLAlchemyError | OSError):
             logger.error("cannot record %s from %s: %s", uid, calling_ae, type(exc).__name__)
-            return STATUS_OUT_OF_RESOURCES
+            return Status.OUT_OF_RESOURCES
         raise
 
     if not created:
@@ -414,16 +406,20 @@ def _persist_locked(
         logger.info("stored %s from %s", uid, calling_ae)
     else:
         logger.info("stored %s from %s, skipped: %s", uid, calling_ae, skip_reason)
-    return STATUS_SUCCESS
+    return Status.SUCCESS
 
 
 def _file_parts(event: Event) -> list[bytes | memoryview]:
     """The Part-10 file of the received data set as two parts, without copying it:
-    preamble + ``DICM`` + a fresh File Meta header, then a view of the data set bytes
+    preamble + ``DICM`` + a fresh File Meta header (with the node's Implementation Class
+    UID and Version Name), then a view of the data set bytes
     exactly as received (what ``event.encoded_dataset()`` joins into one copy)."""
     from pynetdicom.dsutils import encode_file_meta
 
-    header = b"\x00" * 128 + b"DICM" + encode_file_meta(event.file_meta)
+    meta = event.file_meta
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID  # we write the file, not pynetdicom
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    header = b"\x00" * 128 + b"DICM" + encode_file_meta(meta)
     stream = getattr(event.request, "DataSet", None)
     if isinstance(stream, io.BytesIO):
         return [header, stream.getbuffer()]

@@ -44,6 +44,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, evt
 from pynetdicom.events import EventHandlerType
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # generated at import
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomnode.config import DicomSettings
@@ -57,10 +58,9 @@ from dicomnode.receiving.guard import (
 )
 from dicomnode.receiving.handlers import ReceiveContext, handle_echo, handle_store
 from dicomnode.receiving.validation import STORAGE_SOP_CLASSES
+from dicomnode.uid import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 logger = logging.getLogger(__name__)
-
-VERIFICATION_SOP_CLASS: Final = UID("1.2.840.10008.1.1")
 
 #: Uncompressed transfer syntaxes: pydicom always decodes them.
 NATIVE_TRANSFER_SYNTAXES: Final[tuple[UID, ...]] = (
@@ -289,6 +289,8 @@ def build_ae(settings: DicomSettings) -> AE:
         and Verification as SCP.
     """
     ae = AE(ae_title=settings.ae_title)
+    ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+    ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
     ae.maximum_associations = _PYNETDICOM_LIMIT_OFF  # see guard.handle_requested
     ae.acse_timeout = settings.acse_timeout_s
     ae.dimse_timeout = settings.dimse_timeout_s
@@ -302,7 +304,7 @@ def build_ae(settings: DicomSettings) -> AE:
     for sop_class in STORAGE_SOP_CLASSES:
         ae.add_supported_context(sop_class, transfer_syntaxes)
     ae.add_supported_context(
-        VERIFICATION_SOP_CLASS,
+        Verification,
         [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian],
     )
     return ae

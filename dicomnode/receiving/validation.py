@@ -38,40 +38,32 @@ from typing import Final
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.uid import UID
-
-from dicomnode.errors import RejectedInstance
-
-# --- SOP classes we take (the association refuses every other storage class) ---
-CR_IMAGE_STORAGE: Final = UID("1.2.840.10008.5.1.4.1.1.1")
-DX_PRESENTATION_STORAGE: Final = UID("1.2.840.10008.5.1.4.1.1.1.1")
-DX_PROCESSING_STORAGE: Final = UID("1.2.840.10008.5.1.4.1.1.1.1.1")
-SECONDARY_CAPTURE_STORAGE: Final = UID("1.2.840.10008.5.1.4.1.1.7")
-#: Multi-frame grayscale byte / word SC: accepted at negotiation because some
-#: converters store a single chest radiograph this way (NumberOfFrames = 1); more than
-#: one frame is skipped by :func:`classify`. Single-bit and true-colour SC are refused.
-MF_GRAYSCALE_BYTE_SC_STORAGE: Final = UID("1.2.840.10008.5.1.4.1.1.7.2")
-MF_GRAYSCALE_WORD_SC_STORAGE: Final = UID("1.2.840.10008.5.1.4.1.1.7.3")
-
-STORAGE_SOP_CLASSES: Final[tuple[UID, ...]] = (
-    CR_IMAGE_STORAGE,
-    DX_PRESENTATION_STORAGE,
-    DX_PROCESSING_STORAGE,
-    SECONDARY_CAPTURE_STORAGE,
-    MF_GRAYSCALE_BYTE_SC_STORAGE,
-    MF_GRAYSCALE_WORD_SC_STORAGE,
+from pydicom.uid import (
+    UID,
+    ComputedRadiographyImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
+    MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    SecondaryCaptureImageStorage,
 )
 
-# --- failure statuses (PS3.4 B.2.3, PS3.7 C) ---
-STATUS_CANNOT_UNDERSTAND: Final = 0xC210
-STATUS_MISSING_UID: Final = 0xC220
-STATUS_INVALID_UID: Final = 0xC221
-STATUS_PIXEL_LENGTH: Final = 0xC222
-STATUS_DATASET_TOO_LARGE: Final = 0xC223
-STATUS_INVALID_VALUE: Final = 0xC224
-STATUS_MISMATCH: Final = 0xA900
-STATUS_SOP_CLASS_NOT_SUPPORTED: Final = 0x0122
-STATUS_OUT_OF_RESOURCES: Final = 0xA700
+from dicomnode.errors import RejectedInstance
+from dicomnode.receiving.statuses import Status
+
+# --- SOP classes we take (the association refuses every other storage class) ---
+#: CR, DX (for presentation and for processing) and Secondary Capture; also
+#: multi-frame grayscale byte / word SC, accepted at negotiation because some
+#: converters store a single chest radiograph this way (NumberOfFrames = 1); more than
+#: one frame is skipped by :func:`classify`. Single-bit and true-colour SC are refused.
+STORAGE_SOP_CLASSES: Final[tuple[UID, ...]] = (
+    ComputedRadiographyImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
+    SecondaryCaptureImageStorage,
+    MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+)
 
 MIN_SIDE: Final = 64
 MAX_SIDE: Final = 16384
@@ -159,13 +151,13 @@ def check_structure(ds: Dataset, transfer_syntax: UID) -> None:
         raise
     except Exception as exc:
         raise RejectedInstance(
-            STATUS_CANNOT_UNDERSTAND, f"data set cannot be parsed ({type(exc).__name__})"
+            Status.CANNOT_UNDERSTAND, f"data set cannot be parsed ({type(exc).__name__})"
         ) from exc
     if "PixelData" not in ds:
         return
     value = ds.PixelData
     if not isinstance(value, bytes | bytearray):
-        raise RejectedInstance(STATUS_CANNOT_UNDERSTAND, "PixelData has no byte value")
+        raise RejectedInstance(Status.CANNOT_UNDERSTAND, "PixelData has no byte value")
     if transfer_syntax.is_encapsulated:
         _check_encapsulation(value)
         return
@@ -174,7 +166,7 @@ def check_structure(ds: Dataset, transfer_syntax: UID) -> None:
         return  # dimensions unusable: classify() skips it with a reason
     if len(value) not in (expected, expected + 1):
         raise RejectedInstance(
-            STATUS_PIXEL_LENGTH,
+            Status.PIXEL_LENGTH,
             f"native PixelData is {len(value)} bytes but its dimensions need {expected}",
         )
 
@@ -194,7 +186,7 @@ def _check_encoding(ds: Dataset, transfer_syntax: UID) -> None:
     if isinstance(raw, RawDataElement) and raw.is_implicit_VR != transfer_syntax.is_implicit_VR:
         found = "implicit" if raw.is_implicit_VR else "explicit"
         raise RejectedInstance(
-            STATUS_CANNOT_UNDERSTAND,
+            Status.CANNOT_UNDERSTAND,
             f"data set is {found} VR but the transfer syntax is {transfer_syntax.name}",
         )
 
@@ -207,7 +199,7 @@ def _parse_all(ds: Dataset, depth: int) -> None:
     """
     if depth > MAX_SEQUENCE_DEPTH:
         raise RejectedInstance(
-            STATUS_CANNOT_UNDERSTAND, f"sequences nested deeper than {MAX_SEQUENCE_DEPTH}"
+            Status.CANNOT_UNDERSTAND, f"sequences nested deeper than {MAX_SEQUENCE_DEPTH}"
         )
     for tag in list(ds.keys()):
         raw = ds.get_item(tag)
@@ -218,7 +210,7 @@ def _parse_all(ds: Dataset, depth: int) -> None:
             and len(raw.value) != raw.length
         ):
             raise RejectedInstance(
-                STATUS_CANNOT_UNDERSTAND,
+                Status.CANNOT_UNDERSTAND,
                 f"element {tag} is truncated ({len(raw.value)} of {raw.length} bytes)",
             )
         elem = ds[tag]
@@ -245,11 +237,11 @@ def _check_text(tag: object, vr: str, value: object) -> None:
         parts = text.split("=") if vr == "PN" else (text,)
         if limit and any(len(part) > limit for part in parts):
             raise RejectedInstance(
-                STATUS_INVALID_VALUE, f"{vr} value of {tag} is longer than {limit} characters"
+                Status.INVALID_VALUE, f"{vr} value of {tag} is longer than {limit} characters"
             )
         if any((ord(ch) < 0x20 and ch not in allowed) or ord(ch) == 0x7F for ch in text):
             raise RejectedInstance(
-                STATUS_INVALID_VALUE, f"{vr} value of {tag} contains control characters"
+                Status.INVALID_VALUE, f"{vr} value of {tag} contains control characters"
             )
 
 
@@ -282,24 +274,24 @@ def _check_encapsulation(value: bytes | bytearray) -> None:
     while offset < len(view):
         if offset + 8 > len(view):
             raise RejectedInstance(
-                STATUS_CANNOT_UNDERSTAND, "encapsulated PixelData ends inside an item header"
+                Status.CANNOT_UNDERSTAND, "encapsulated PixelData ends inside an item header"
             )
         tag, length = struct.unpack_from("<II", view, offset)
         if tag == _SEQ_DELIM_TAG:
             break
         if tag != _ITEM_TAG:
             raise RejectedInstance(
-                STATUS_CANNOT_UNDERSTAND, "encapsulated PixelData has a non-item element"
+                Status.CANNOT_UNDERSTAND, "encapsulated PixelData has a non-item element"
             )
         if length == 0xFFFFFFFF or offset + 8 + length > len(view):
             raise RejectedInstance(
-                STATUS_CANNOT_UNDERSTAND, "encapsulated PixelData item overruns the value"
+                Status.CANNOT_UNDERSTAND, "encapsulated PixelData item overruns the value"
             )
         offset += 8 + length
         items += 1
     if items < 2:
         raise RejectedInstance(
-            STATUS_CANNOT_UNDERSTAND,
+            Status.CANNOT_UNDERSTAND,
             "encapsulated PixelData has no fragment after the offset table",
         )
 

@@ -12,25 +12,30 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from pydicom import dcmread
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    ComprehensiveSRStorage,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    SecondaryCaptureImageStorage,
+)
 from pynetdicom import AE, evt
 from pynetdicom.events import Event
 from pynetdicom.presentation import build_context
 
 from dicomnode.config import DestinationSettings
 from dicomnode.errors import SendError
+from dicomnode.uid import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 logger = logging.getLogger(__name__)
 
-SECONDARY_CAPTURE = UID("1.2.840.10008.5.1.4.1.1.7")
-COMPREHENSIVE_SR = UID("1.2.840.10008.5.1.4.1.1.88.33")
-COMPREHENSIVE_3D_SR = UID("1.2.840.10008.5.1.4.1.1.88.34")
-ENHANCED_SR = UID("1.2.840.10008.5.1.4.1.1.88.22")
-KEY_OBJECT_SELECTION = UID("1.2.840.10008.5.1.4.1.1.88.59")
-#: SOP classes the node produces and may send.
-RESULT_SOP_CLASSES = (SECONDARY_CAPTURE, COMPREHENSIVE_SR, COMPREHENSIVE_3D_SR, ENHANCED_SR, KEY_OBJECT_SELECTION)
+#: SOP classes the node produces and sends: the heatmap (``outputs.sc``, highdicom
+#: ``SCImage``) and the findings report (``outputs.sr``, highdicom ``ComprehensiveSR``).
+#: The sending AE proposes exactly these, and the conformance statement lists them.
+RESULT_SOP_CLASSES: Final[tuple[UID, ...]] = (SecondaryCaptureImageStorage, ComprehensiveSRStorage)
 #: Transfer syntaxes proposed for each result SOP class (results are written uncompressed).
 RESULT_TRANSFER_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
@@ -65,6 +70,8 @@ def set_tcp_nodelay(event: Event) -> None:
 def build_scu_ae(destination: DestinationSettings, calling_ae_title: str) -> AE:
     """The sending AE: timeouts from ``destination``, one context per result SOP class."""
     ae = AE(ae_title=calling_ae_title)
+    ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+    ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
     ae.acse_timeout = destination.timeout_s
     ae.dimse_timeout = destination.timeout_s
     ae.network_timeout = destination.timeout_s

@@ -36,7 +36,7 @@ from pynetdicom import AE
 from dicomnode.config import StoreSettings
 from dicomnode.receiving.handlers import ReceiveContext
 from dicomnode.receiving.scp import stop_scp
-from dicomnode.receiving.validation import STATUS_OUT_OF_RESOURCES
+from dicomnode.receiving.statuses import Status
 from dicomnode.store import db as store_db
 from dicomnode.store.db import make_engine, make_sessionmaker
 from dicomnode.store.files import FileStore
@@ -271,7 +271,7 @@ def test_disk_full_is_a700_without_partial_and_recovers(small_disk: Path) -> Non
         stat = os.statvfs(small_disk)
         ballast = small_disk / "ballast"
         ballast.write_bytes(b"\x00" * max(stat.f_bavail * stat.f_frsize - 128 * 1024, 0))
-        assert int(assoc.send_c_store(big).Status) == STATUS_OUT_OF_RESOURCES
+        assert int(assoc.send_c_store(big).Status) == Status.OUT_OF_RESOURCES
         assert _partials(data_dir) == []
         assert not FileStore(data_dir).incoming_path(big.SOPInstanceUID).exists()
         ballast.unlink()  # space is back
@@ -306,7 +306,7 @@ def test_file_size_limit_write_failure_is_a700_without_partial(data_dir: Path) -
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
-    assert statuses == [0x0000, STATUS_OUT_OF_RESOURCES, 0x0000]
+    assert statuses == [0x0000, Status.OUT_OF_RESOURCES, 0x0000]
     assert _partials(data_dir) == []
     assert not FileStore(data_dir).incoming_path(big.SOPInstanceUID).exists()
     assert resource.getrlimit(resource.RLIMIT_FSIZE)[0] != 1024 * 1024  # only the child was limited
@@ -325,7 +325,7 @@ def test_locked_database_is_a700_without_partial_and_recovers(
         assoc = associate(running.port, [(DX_PRESENTATION_STORAGE, SYNTAXES)])
         blocker.execute("BEGIN EXCLUSIVE")  # another process holds the write lock
         start = time.monotonic()
-        assert int(assoc.send_c_store(ds).Status) == STATUS_OUT_OF_RESOURCES
+        assert int(assoc.send_c_store(ds).Status) == Status.OUT_OF_RESOURCES
         assert time.monotonic() - start < 5
         assert _partials(data_dir) == []
         assert not FileStore(data_dir).incoming_path(ds.SOPInstanceUID).exists()

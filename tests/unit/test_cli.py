@@ -380,3 +380,46 @@ def test_retry_does_not_create_a_database(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "no node database" in _one_error_line(result.output)
     assert not (tmp_path / "nothing").exists()
+
+
+#: Libraries `dicomnode --help` must not import (STYLE.md section 4; ruff TID253 in pyproject).
+HEAVY_MODULES = ("torch", "torchvision", "timm", "highdicom", "pytorch_grad_cam", "sklearn")
+
+
+def test_importing_the_cli_imports_no_heavy_library() -> None:
+    """``import dicomnode.cli.main`` (what ``dicomnode --help`` runs) leaves torch & co. alone."""
+    import subprocess
+    import sys
+
+    from dicomnode import __file__ as dicomnode_file
+
+    code = (
+        "import sys, dicomnode.cli.main, dicomnode.config; "
+        f"print(','.join(m for m in {HEAVY_MODULES!r} if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(dicomnode_file).parents[1],  # this checkout's dicomnode
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "", f"imported at CLI import time: {result.stdout.strip()}"
+
+
+def test_cli_command_modules_do_not_import_the_app_module() -> None:
+    """No import cycle: the command modules never import dicomnode.cli.main."""
+    import ast
+
+    import dicomnode.cli
+
+    folder = Path(dicomnode.cli.__file__).parent
+    for path in folder.glob("*.py"):
+        if path.name in ("main.py", "__init__.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                names = {node.module or ""} | {f"{node.module}.{a.name}" for a in node.names}
+                assert "dicomnode.cli.main" not in names, f"{path.name} imports dicomnode.cli.main"

@@ -181,3 +181,49 @@ def test_statement_describes_tls_when_configured(tmp_path: Path) -> None:
     assert "cas.pem" in md and str(tmp_path) not in md, "file names only, not host paths"
     assert "| TLS port | dicom.tls_port | 2762 |" in md
     assert "TLS: not configured" not in md
+
+
+def test_statement_shows_the_nodes_own_implementation_identity() -> None:
+    """The live SCP and SCU AEs carry dicomnode's identity, and the statement shows it."""
+    from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+
+    from dicomnode import __version__
+    from dicomnode.receiving.scp import build_ae
+    from dicomnode.sending.scu import build_scu_ae
+    from dicomnode.uid import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, is_valid_uid
+
+    assert is_valid_uid(IMPLEMENTATION_CLASS_UID)
+    assert IMPLEMENTATION_CLASS_UID.startswith("2.25.")
+    assert IMPLEMENTATION_VERSION_NAME == f"DICOMNODE_{__version__}"[:16]
+    assert 0 < len(IMPLEMENTATION_VERSION_NAME) <= 16
+    settings = Settings()
+    for ae in (build_ae(settings.dicom), build_scu_ae(settings.destination, "DICOMNODE")):
+        assert ae.implementation_class_uid == IMPLEMENTATION_CLASS_UID
+        assert ae.implementation_version_name == IMPLEMENTATION_VERSION_NAME
+        assert ae.implementation_class_uid != PYNETDICOM_IMPLEMENTATION_UID
+        assert ae.implementation_version_name != PYNETDICOM_IMPLEMENTATION_VERSION
+    md = render_markdown(build_statement(settings))
+    assert f"| Implementation Class UID | {IMPLEMENTATION_CLASS_UID} |" in md
+    assert f"| Implementation Version Name | {IMPLEMENTATION_VERSION_NAME} |" in md
+    assert PYNETDICOM_IMPLEMENTATION_UID not in md
+
+
+def test_statement_lists_only_the_sop_classes_the_node_sends() -> None:
+    """SCU: the heatmap SC and the Comprehensive SR, exactly what the live SCU AE proposes."""
+    from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage
+
+    from dicomnode.sending.scu import build_scu_ae
+
+    written = {SecondaryCaptureImageStorage, ComprehensiveSRStorage}
+    proposed = {
+        ctx.abstract_syntax
+        for ctx in build_scu_ae(Settings().destination, "DICOMNODE").requested_contexts
+    }
+    assert proposed == written
+    assert {sop for sop, _ in scu_presentation_contexts()} == written
+    md = render_markdown(build_statement(Settings()))
+    scu_rows = [line for line in md.splitlines() if line.endswith("| SCU |")]
+    assert len(scu_rows) == 2, scu_rows
+    for uid in ("1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.88.22",
+                "1.2.840.10008.5.1.4.1.1.88.59"):  # 3D SR, Enhanced SR, KOS: never written
+        assert uid not in md

@@ -11,6 +11,7 @@ from dicomnode.config import OutputSettings
 from dicomnode.domain import ModelIdentity
 from dicomnode.outputs import codes
 from dicomnode.outputs.sc import build_heatmap_sc
+from dicomnode.uid import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from tests.helpers import CR_IMAGE_STORAGE, SECONDARY_CAPTURE_STORAGE, make_cxr_dataset
 from tests.unit.outputs.conftest import header_only, write_and_read
 
@@ -42,6 +43,9 @@ def test_sc_round_trip_uids_patient_study_and_pixels(
     assert sc.SOPClassUID == SecondaryCaptureImageStorage
     assert sc.file_meta.MediaStorageSOPInstanceUID == sc.SOPInstanceUID
     assert sc.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    # dicomnode wrote it, not highdicom:
+    assert sc.file_meta.ImplementationClassUID == IMPLEMENTATION_CLASS_UID
+    assert sc.file_meta.ImplementationVersionName == IMPLEMENTATION_VERSION_NAME
     assert sc.StudyInstanceUID == cxr_dataset.StudyInstanceUID
     assert sc.SeriesInstanceUID == "1.2.826.0.1.3680043.8.498.1"
     assert sc.SeriesInstanceUID != cxr_dataset.SeriesInstanceUID

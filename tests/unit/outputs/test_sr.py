@@ -26,6 +26,7 @@ from dicomnode.domain import (
 from dicomnode.outputs import codes
 from dicomnode.outputs.sc import build_heatmap_sc
 from dicomnode.outputs.sr import ImageFindings, PriorReport, build_findings_sr, device_observer_uid
+from dicomnode.uid import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from tests.helpers import CR_IMAGE_STORAGE, make_cxr_dataset
 from tests.unit.outputs.conftest import header_only, write_and_read
 
@@ -137,6 +138,9 @@ def test_single_image_report(
 
     assert sr.SOPClassUID == ComprehensiveSRStorage
     assert sr.Modality == "SR"
+    # dicomnode wrote it, not highdicom:
+    assert sr.file_meta.ImplementationClassUID == IMPLEMENTATION_CLASS_UID
+    assert sr.file_meta.ImplementationVersionName == IMPLEMENTATION_VERSION_NAME
     assert sr.StudyInstanceUID == cxr_dataset.StudyInstanceUID
     assert sr.SeriesInstanceUID == SR_SERIES
     assert (sr.SeriesNumber, sr.InstanceNumber) == (9902, 1)

@@ -31,7 +31,7 @@ from dicomnode.receiving.guard import (
 )
 from dicomnode.receiving.handlers import ReceiveContext
 from dicomnode.receiving.scp import stop_scp
-from dicomnode.receiving.validation import STATUS_DATASET_TOO_LARGE, STATUS_INVALID_UID
+from dicomnode.receiving.statuses import Status
 from dicomnode.store.models import Instance
 from tests.helpers import DX_PRESENTATION_STORAGE, make_cxr_dataset
 from tests.unit.receiving import rawpeer
@@ -317,7 +317,7 @@ def test_deflate_bomb_is_refused_without_inflating_it(
         assoc.release()
     finally:
         stop_scp(running.server, grace_s=1)
-    assert status == STATUS_DATASET_TOO_LARGE
+    assert status == Status.DATASET_TOO_LARGE
     assert _instances(store_engine) == [] and _incoming(data_dir) == []
 
 
@@ -365,7 +365,7 @@ def test_overlong_affected_sop_instance_uid_is_refused_on_the_open_association(
         sock.sendall(b"".join(first))
         answer = rawpeer.read_pdu(sock, SLACK_S)
         assert answer is not None, "connection closed instead of a C-STORE-RSP"
-        assert rawpeer.response_status(answer) == STATUS_INVALID_UID
+        assert rawpeer.response_status(answer) == Status.INVALID_UID
         sock.sendall(b"".join(second))
         answer = rawpeer.read_pdu(sock, SLACK_S)
         assert answer is not None and rawpeer.response_status(answer) == 0x0000

@@ -21,16 +21,10 @@ from sqlalchemy.orm import Session
 from dicomnode.domain import InstanceState, JobState
 from dicomnode.receiving.handlers import ReceiveContext
 from dicomnode.receiving.scp import stop_scp
-from dicomnode.receiving.validation import (
-    STATUS_CANNOT_UNDERSTAND,
-    STATUS_INVALID_UID,
-    STATUS_INVALID_VALUE,
-    STATUS_MISMATCH,
-    STATUS_MISSING_UID,
-    STATUS_OUT_OF_RESOURCES,
-)
+from dicomnode.receiving.statuses import Status
 from dicomnode.store.files import FileStore
 from dicomnode.store.models import Instance, Job
+from dicomnode.uid import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from tests.helpers import (
     CR_IMAGE_STORAGE,
     DX_PRESENTATION_STORAGE,
@@ -93,6 +87,9 @@ def test_store_success_writes_file_and_row(
     back = pydicom.dcmread(stored)
     assert back.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
     assert back.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian  # our first choice
+    # The node wrote the file: its implementation identity, not pynetdicom's.
+    assert back.file_meta.ImplementationClassUID == IMPLEMENTATION_CLASS_UID
+    assert back.file_meta.ImplementationVersionName == IMPLEMENTATION_VERSION_NAME
     assert back.PixelData == ds.PixelData
     # The data set bytes are the ones the SCU put on the wire, not a re-encoding.
     assert _dataset_bytes(stored) == encode(ds, False, True)
@@ -142,8 +139,8 @@ def test_command_dataset_uid_mismatch_is_a900(
         )
     finally:
         assoc.release()
-    assert instance_status == STATUS_MISMATCH
-    assert class_status == STATUS_MISMATCH
+    assert instance_status == Status.MISMATCH
+    assert class_status == Status.MISMATCH
     assert _instances(store_engine) == []
     assert _files(data_dir) == []
 
@@ -153,7 +150,7 @@ def test_missing_study_uid_is_refused(
 ) -> None:
     ds = make_cxr_dataset()
     del ds.StudyInstanceUID
-    assert _send(scp.port, ds) == [STATUS_MISSING_UID]
+    assert _send(scp.port, ds) == [Status.MISSING_UID]
     assert _instances(store_engine) == [] and _files(data_dir) == []
 
 
@@ -163,7 +160,7 @@ def test_invalid_uid_is_refused(scp: RunningScp, store_engine: Engine, data_dir:
     with pytest.MonkeyPatch.context() as patch:  # let the SCU write an invalid value
         patch.setattr(pydicom.config.settings, "writing_validation_mode", pydicom.config.IGNORE)
         statuses = _send(scp.port, ds)
-    assert statuses == [STATUS_INVALID_UID]
+    assert statuses == [Status.INVALID_UID]
     assert _instances(store_engine) == [] and _files(data_dir) == []
 
 
@@ -192,7 +189,7 @@ def test_hostile_instance_uids_are_refused(
     # pydicom strips trailing whitespace from UI values, so "1.2.3\n" arrives as a valid
     # "1.2.3" that no longer matches the command: refused either way. An overlong UI
     # fails the VR length check of check_structure first.
-    assert status in (STATUS_INVALID_UID, STATUS_MISMATCH, STATUS_INVALID_VALUE)
+    assert status in (Status.INVALID_UID, Status.MISMATCH, Status.INVALID_VALUE)
     assert _instances(store_engine) == []
     assert [
         p for p in data_dir.parent.rglob("*") if p.is_file() and data_dir not in p.parents
@@ -207,7 +204,7 @@ def test_deeply_nested_sequences_are_refused(scp: RunningScp, store_engine: Engi
         outer.ReferencedImageSequence = [item]
         item = outer
     ds.ReferencedImageSequence = [item]
-    assert _send(scp.port, ds) == [STATUS_CANNOT_UNDERSTAND]
+    assert _send(scp.port, ds) == [Status.CANNOT_UNDERSTAND]
     assert _instances(store_engine) == []
 
 
@@ -226,7 +223,7 @@ def test_garbage_dataset_is_cannot_understand(
         )
     finally:
         assoc.release()
-    assert status in (STATUS_CANNOT_UNDERSTAND, 0xC222)
+    assert status in (Status.CANNOT_UNDERSTAND, 0xC222)
     assert 0xC000 <= status <= 0xCFFF
     assert _instances(store_engine) == [] and _files(data_dir) == []
 
@@ -249,7 +246,7 @@ def test_database_failure_after_write_is_a700_and_file_removed(
     Job.__table__.drop(store_engine)  # type: ignore[attr-defined]
     running = run_scp(receive_context)
     try:
-        assert _send(running.port, make_cxr_dataset()) == [STATUS_OUT_OF_RESOURCES]
+        assert _send(running.port, make_cxr_dataset()) == [Status.OUT_OF_RESOURCES]
     finally:
         stop_scp(running.server, grace_s=2)
     assert _files(data_dir) == []
@@ -261,7 +258,7 @@ def test_disk_failure_is_a700(
     (data_dir / "incoming").write_text("a file where the folder should be")
     running = run_scp(receive_context)
     try:
-        assert _send(running.port, make_cxr_dataset()) == [STATUS_OUT_OF_RESOURCES]
+        assert _send(running.port, make_cxr_dataset()) == [Status.OUT_OF_RESOURCES]
     finally:
         stop_scp(running.server, grace_s=2)
     assert _instances(store_engine) == []
@@ -291,7 +288,7 @@ def test_logs_carry_uids_and_calling_ae_but_no_patient_data(
     del refused.StudyInstanceUID
     with caplog.at_level(logging.DEBUG):
         statuses = _send(scp.port, accepted, skipped, refused)
-    assert statuses == [0x0000, 0x0000, STATUS_MISSING_UID]
+    assert statuses == [0x0000, 0x0000, Status.MISSING_UID]
     text = caplog.text
     assert accepted.SOPInstanceUID in text and skipped.SOPInstanceUID in text
     assert "TESTSCU" in text
@@ -402,7 +399,7 @@ def test_hostile_study_and_series_uids_are_refused(
         patch.setattr(pydicom.config.settings, "writing_validation_mode", pydicom.config.IGNORE)
         setattr(ds, keyword, hostile)
         status = _send(scp.port, ds)[0]
-    assert status in (STATUS_INVALID_UID, STATUS_INVALID_VALUE)
+    assert status in (Status.INVALID_UID, Status.INVALID_VALUE)
     assert _instances(store_engine) == [] and _files(data_dir) == []
     assert [
         p for p in data_dir.parent.rglob("*") if p.is_file() and data_dir not in p.parents

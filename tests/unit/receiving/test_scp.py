@@ -12,11 +12,11 @@ from pydicom.uid import (
     JPEG2000Lossless,
     JPEGBaseline8Bit,
 )
+from pynetdicom.sop_class import Verification
 
 from dicomnode.config import DicomSettings
 from dicomnode.receiving.handlers import ReceiveContext
 from dicomnode.receiving.scp import (
-    VERIFICATION_SOP_CLASS,
     build_ae,
     connection_limits,
     decodable_transfer_syntaxes,
@@ -51,7 +51,7 @@ def test_build_ae_applies_settings() -> None:
     assert ae.require_calling_aet == ["MODALITY1", "PACS"]
     assert ae.require_called_aet is False
     offered = {cx.abstract_syntax for cx in ae.supported_contexts}
-    assert offered == {*STORAGE_SOP_CLASSES, VERIFICATION_SOP_CLASS}
+    assert offered == {*STORAGE_SOP_CLASSES, Verification}
 
 
 def test_every_common_transfer_syntax_is_offered() -> None:
@@ -123,7 +123,7 @@ def test_called_ae_must_match(scp: RunningScp) -> None:
 
 
 def test_accepted_sockets_have_tcp_nodelay(scp: RunningScp) -> None:
-    assoc = associate(scp.port, [(VERIFICATION_SOP_CLASS, SYNTAXES)])
+    assoc = associate(scp.port, [(Verification, SYNTAXES)])
     assert assoc.is_established
     try:
         [server_side] = [a for a in scp.server.active_associations if a.is_established]
@@ -141,3 +141,19 @@ def test_stop_closes_the_port(receive_context: ReceiveContext) -> None:
     stop_scp(running.server, grace_s=1)  # idempotent
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", running.port), timeout=1).close()
+
+
+def test_the_scp_announces_the_nodes_implementation_identity(scp: RunningScp) -> None:
+    """The A-ASSOCIATE-AC carries dicomnode's Implementation Class UID and Version Name."""
+    from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID
+
+    from dicomnode.uid import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+
+    assoc = associate(scp.port, [(Verification, SYNTAXES)])
+    assert assoc.is_established
+    try:
+        assert assoc.acceptor.implementation_class_uid == IMPLEMENTATION_CLASS_UID
+        assert assoc.acceptor.implementation_version_name == IMPLEMENTATION_VERSION_NAME
+        assert IMPLEMENTATION_CLASS_UID != PYNETDICOM_IMPLEMENTATION_UID
+    finally:
+        assoc.release()

@@ -12,9 +12,8 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
 from pynetdicom.dsutils import decode, encode
 
 from dicomnode.errors import RejectedInstance
+from dicomnode.receiving.statuses import Status
 from dicomnode.receiving.validation import (
-    STATUS_CANNOT_UNDERSTAND,
-    STATUS_PIXEL_LENGTH,
     Accept,
     Skip,
     check_structure,
@@ -161,7 +160,7 @@ def test_short_native_pixel_data_is_rejected() -> None:
     ds.PixelData = ds.PixelData[:-100]
     with pytest.raises(RejectedInstance) as info:
         check_structure(_round_trip(ds), ExplicitVRLittleEndian)
-    assert info.value.status == STATUS_PIXEL_LENGTH
+    assert info.value.status == Status.PIXEL_LENGTH
 
 
 def test_long_native_pixel_data_is_rejected() -> None:
@@ -169,7 +168,7 @@ def test_long_native_pixel_data_is_rejected() -> None:
     ds.Rows = 32
     with pytest.raises(RejectedInstance) as info:
         check_structure(_round_trip(ds), ExplicitVRLittleEndian)
-    assert info.value.status == STATUS_PIXEL_LENGTH
+    assert info.value.status == Status.PIXEL_LENGTH
 
 
 def test_encapsulated_pixel_data_is_walked_not_decoded() -> None:
@@ -181,7 +180,7 @@ def test_encapsulated_pixel_data_is_walked_not_decoded() -> None:
     ds.PixelData = encapsulate([b"\xff\xd8abcd\xff\xd9"])[:-3]  # truncated last fragment
     with pytest.raises(RejectedInstance) as info:
         check_structure(_round_trip(ds), JPEGBaseline8Bit)
-    assert info.value.status == STATUS_CANNOT_UNDERSTAND
+    assert info.value.status == Status.CANNOT_UNDERSTAND
 
 
 def test_undecodable_element_is_rejected() -> None:
@@ -193,6 +192,6 @@ def test_undecodable_element_is_rejected() -> None:
     parsed = decode(BytesIO(broken), False, True)  # lazily: nothing read yet
     with pytest.raises(RejectedInstance) as info:
         check_structure(parsed, ExplicitVRLittleEndian)
-    assert info.value.status == STATUS_CANNOT_UNDERSTAND
+    assert info.value.status == Status.CANNOT_UNDERSTAND
 
 
