@@ -17,5 +17,5 @@ source "$(dirname "$0")/_common.sh"
   --population-age 1-5 --population-views AP,PA \
   --recipe "training/vit-tiny.sh" \
   --description "ViT-Tiny/16 at 112 px trained from scratch (distilled from default) for pneumonia vs normal on pediatric chest X-rays (Kermany 2018). Research use only, not for diagnosis."
-"$DICOMNODE" gate fit --model runs/vit-tiny --data "$DATA" --max-images 800
+"$DICOMNODE" gate fit --model runs/vit-tiny --data "$DATA" --max-images 800 --components 8
 if [ "${SHIP:-0}" = 1 ]; then ship vit-tiny; fi
