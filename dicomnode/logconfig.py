@@ -99,6 +99,9 @@ def configure(level: str = "INFO") -> None:
     handler.setFormatter(_ContextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(DemoteFilter(numeric))
     handler.addFilter(PhiGuard())
+    # Re-arm: a caller that restored ``warnings.showwarning`` (``warnings.catch_warnings``)
+    # leaves logging believing it still captures; off-then-on installs the hook again.
+    logging.captureWarnings(False)
     logging.captureWarnings(True)
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -210,6 +210,8 @@ def _write_copy(
         shutil.copy2(weights, tmp / manifest.weights)
         if sha256_file(tmp / manifest.weights) != manifest.weights_sha256:
             raise ModelError(f"the copy of {weights} does not match the manifest's sha256")
+        if manifest.gate is not None:  # the input gate travels with the model
+            shutil.copy2(weights.parent / manifest.gate.file, tmp / manifest.gate.file)
         write_manifest(manifest, tmp)
         payload: dict[str, Any] = {
             "model": manifest.name,

@@ -170,6 +170,7 @@ def test_storescu_real_chest_files(
         "dicomnode.sqlite3",
         "dicomnode.sqlite3-wal",
         "dicomnode.sqlite3-shm",
+        "duplicates.json",  # counts of repeated SOP Instance UIDs (no UIDs, no PHI)
     }
     assert others == set()
 

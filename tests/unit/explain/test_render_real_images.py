@@ -43,7 +43,7 @@ def runner() -> ModelRunner:
 def _heatmap_sc(runner: ModelRunner, source: Path, out: Path) -> np.ndarray:
     options = PipelineOptions(outputs=OutputSettings(), explain="all")
     written = analyse_files([source], runner, options, out)
-    scs = [dcmread(p) for paths in written.values() for p in paths if "PixelData" in dcmread(p)]
+    scs = [dcmread(p) for paths in written.written.values() for p in paths if "PixelData" in dcmread(p)]
     assert len(scs) == 1
     pixels: np.ndarray = scs[0].pixel_array
     assert pixels.ndim == 3 and pixels.shape[2] == 3
