@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode import metrics
 from dicomnode.config import DestinationSettings, SchedulerSettings
+from dicomnode.pids import pid_alive
 from dicomnode.pipeline import PipelineOptions, process_jobs
 from dicomnode.store import queue
 from dicomnode.store.files import FileStore
@@ -115,7 +116,7 @@ class NodeWorker:
         own_pid = os.getpid()  # before our first claim, a claim with our pid is a past life's (containers reuse pids)
         with self.sessions.begin() as session:
             count = queue.requeue_orphaned(
-                session, host=self.host, is_alive=lambda pid: pid != own_pid and _pid_alive(pid)
+                session, host=self.host, is_alive=lambda pid: pid != own_pid and pid_alive(pid)
             )
         if count:
             logger.info("re-queued %d job(s) left running by a dead worker", count)
@@ -216,17 +217,6 @@ class NodeWorker:
                     report.send_failed += 1
         if report.send_failed:
             logger.warning("%d result(s) not accepted by the destination; will retry", report.send_failed)
-
-
-def _pid_alive(pid: int) -> bool:
-    """True when a process with this pid exists on this host."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _run_logged(step: Callable[[], TickReport], name: str) -> None:

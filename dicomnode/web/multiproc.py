@@ -16,6 +16,8 @@ import re
 import sys
 from pathlib import Path
 
+from dicomnode.pids import pid_alive
+
 logger = logging.getLogger(__name__)
 
 #: The environment variable prometheus-client reads.
@@ -55,10 +57,4 @@ def enabled() -> bool:
 def _alive(pid: int) -> bool:
     if pid == os.getpid():
         return False  # an earlier life of this pid (containers reuse pids)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid)
