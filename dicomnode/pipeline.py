@@ -31,24 +31,22 @@ from pydicom.dataset import Dataset
 from dicomnode import __version__, metrics
 from dicomnode.config import OutputSettings
 from dicomnode.domain import (
+    ClaimedJob,
     FindingDecision,
     GateVerdict,
     ModelIdentity,
+    NewFinding,
+    NewResult,
     NotAssessedReason,
     PopulationCheck,
     PopulationStatus,
     Prediction,
+    RefusedInstance,
     ResultKind,
 )
 from dicomnode.errors import DicomNodeError, InferenceError, OutputBuildError
 from dicomnode.store.files import FileStore
-from dicomnode.store.queue import (
-    ClaimedJob,
-    NewFinding,
-    NewResult,
-    RefusedInstance,
-    skip_reason_text,
-)
+from dicomnode.store.queue import skip_reason_text
 
 if TYPE_CHECKING:
     from dicomnode.inference.runner import ModelRunner
@@ -549,7 +547,7 @@ def process_jobs(
 ) -> list[JobOutcome]:
     """Run the whole pipeline for claimed jobs; one outcome per job, in order.
 
-    Each job covers its whole study (see :class:`~dicomnode.store.queue.ClaimedJob`).
+    Each job covers its whole study (see :class:`~dicomnode.domain.ClaimedJob`).
     Undecodable images are skipped with a reason (recorded on the instance) and listed
     in the SR as not assessed, like the study's instances refused at receive time and the
     images the gate refuses. A study with no assessable image succeeds with no results

@@ -11,12 +11,18 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from dicomnode.config import OutputSettings
-from dicomnode.domain import FindingDecision, NotAssessedReason, ResultKind
+from dicomnode.domain import (
+    ClaimedInstance,
+    ClaimedJob,
+    FindingDecision,
+    NotAssessedReason,
+    ResultKind,
+)
 from dicomnode.inference.registry import resolve_manifest
 from dicomnode.inference.runner import ModelRunner
 from dicomnode.pipeline import PipelineOptions, analyse_files, process_jobs
 from dicomnode.store.files import FileStore
-from dicomnode.store.queue import ClaimedInstance, ClaimedJob, utcnow
+from dicomnode.store.queue import utcnow
 from tests.helpers import make_cxr_dataset, make_tiny_model
 
 
