@@ -81,15 +81,16 @@ class DemoModels:
         Raises:
             ModelError: ``name`` is not a shipped model or its weights cannot be loaded.
         """
+        from dicomnode.config import ModelSettings
         from dicomnode.errors import ModelError
-        from dicomnode.inference.registry import resolve_manifest
-        from dicomnode.inference.runner import ModelRunner
+        from dicomnode.inference.loading import load_runner
 
         if name not in model_names():
             raise ModelError(f"unknown model {name!r}")
         with self._lock:
             if name not in self._runners:
-                self._runners[name] = ModelRunner.from_loaded(resolve_manifest(name), device=self.device)
+                # the manifest's own thresholds: the node's overrides belong to the served model
+                self._runners[name] = load_runner(ModelSettings(name=name, device=self.device))
             return self._runners[name]
 
     def analyse(self, name: str, content: bytes) -> DemoResult:
