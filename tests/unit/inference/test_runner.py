@@ -14,8 +14,8 @@ from torch import nn
 
 from dicomnode.domain import ModelIdentity
 from dicomnode.errors import ConfigError, InferenceError
-from dicomnode.inference.manifest import ModelManifest, Preprocessing
 from dicomnode.inference.loading import select_device
+from dicomnode.inference.manifest import ModelManifest, Preprocessing
 from dicomnode.inference.runner import ModelRunner
 
 SIZE = 64
