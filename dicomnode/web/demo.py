@@ -101,8 +101,8 @@ class DemoModels:
             ModelError: see :meth:`runner`.
         """
         from dicomnode.explain.render import render_overlay
-        from dicomnode.inference.preprocess import gray_to_input
-        from dicomnode.pipeline import legend_lines, unpad_heatmap
+        from dicomnode.inference.preprocess import gray_to_input, unpad_heatmap
+        from dicomnode.pipeline import legend_lines
 
         runner = self.runner(name)
         gray = upload_to_gray(content)
@@ -119,7 +119,7 @@ class DemoModels:
         shown_heat = None
         if heatmap is not None and positive and verdict.assessable:
             shown_heat = unpad_heatmap(heatmap, gray.shape, runner.manifest.preprocessing.resize)
-        picture = render_overlay(gray, shown_heat, max_side=DEMO_MAX_SIDE, legend=legend_lines(prediction, runner))
+        picture = render_overlay(gray, shown_heat, max_side=DEMO_MAX_SIDE, legend=legend_lines(prediction, runner.identity))
         from dicomnode.web.images import array_to_png
 
         identity = runner.identity
