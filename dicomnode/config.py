@@ -321,7 +321,7 @@ class HttpSettings(_Group):
         default=None, min_length=16, description="bearer token every request must carry (required off loopback)"
     )
     min_free_disk_mb: int | None = Field(
-        default=None, ge=0, description="deprecated: use store.min_free_bytes (this value x 1 MiB is used when set)"
+        default=None, ge=0, exclude=True, description="deprecated: use store.min_free_bytes (this value x 1 MiB is used when set)"
     )
 
 
