@@ -51,9 +51,8 @@ def test_a_study_already_waiting_gets_no_second_job(sessions: sessionmaker[Sessi
 
 def test_unknown_study_is_refused_and_nothing_changes(sessions: sessionmaker[Session], files: FileStore) -> None:
     study = make_study(sessions, files, stage="sent", now=T0)
-    with pytest.raises(ReprocessError, match=r"no study 1\.2\.3\.4 in the node's database"):
-        with sessions.begin() as session:
-            reprocess_studies(session, [study, "1.2.3.4"], now=T1)
+    with pytest.raises(ReprocessError, match=r"no study 1\.2\.3\.4 in the node's database"), sessions.begin() as session:
+        reprocess_studies(session, [study, "1.2.3.4"], now=T1)
     with sessions() as session:
         assert len(session.scalars(select(Job)).all()) == 1
 
