@@ -354,7 +354,7 @@ class Settings(BaseSettings):
         if mb is not None and "min_free_bytes" not in self.store.model_fields_set:
             warnings.warn(
                 f"http.min_free_disk_mb is deprecated: write store.min_free_bytes = {mb * MIB}",
-                DeprecationWarning, stacklevel=2,
+                FutureWarning, stacklevel=2,
             )
             self.store.min_free_bytes = mb * MIB
         return self

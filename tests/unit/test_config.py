@@ -144,7 +144,7 @@ def test_bad_retention_names_the_value() -> None:
 def test_deprecated_http_min_free_disk_mb_sets_store_min_free_bytes(tmp_path: Path) -> None:
     config = tmp_path / "node.toml"
     config.write_text("[http]\nmin_free_disk_mb = 500\n")
-    with pytest.warns(DeprecationWarning, match="store.min_free_bytes = 524288000"):
+    with pytest.warns(FutureWarning, match="store.min_free_bytes = 524288000"):
         settings = load_settings(config)
     assert settings.store.min_free_bytes == 500 * 1024 * 1024
     config.write_text("[http]\nmin_free_disk_mb = 500\n[store]\nmin_free_bytes = 7\n")
