@@ -15,6 +15,7 @@ import json
 import os
 import re
 import tomllib
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_origin
@@ -29,11 +30,15 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from dicomnode.durations import parse_duration
 from dicomnode.errors import ConfigError
 
 #: ``DICOMNODE_*`` variables that are not Settings fields (read elsewhere, or by the tests).
 NON_SETTINGS_ENV = frozenset({"DICOMNODE_CONFIG", "DICOMNODE_MODELS_DIR", "DICOMNODE_SHARED_DATA"})
 _ENV_PREFIX = "DICOMNODE_"
+MIB = 1024 * 1024
+#: Default ``store.min_free_bytes``: 1 GiB, room for about a hundred 10 MB radiographs and their results.
+DEFAULT_MIN_FREE_BYTES = 1024 * MIB
 _HHMM_RANGE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
 
 
@@ -203,6 +208,27 @@ class StoreSettings(_Group):
         description="flush every received file to stable storage (fdatasync) before it is acknowledged; "
         "False trades durability on power loss for speed (an OS crash may lose acknowledged instances)",
     )
+    min_free_bytes: int = Field(
+        default=DEFAULT_MIN_FREE_BYTES,
+        ge=0,
+        description="below this much free space in the data folder C-STORE answers 0xA700 (out of resources), "
+        "/healthz answers 503 and status says why; 0 = off",
+    )
+    retention: str | None = Field(
+        default=None,
+        description='remove the files of delivered (or, without a destination, processed) studies older than '
+        'this, e.g. "30d", on a schedule (dicomnode purge); None = keep every file',
+    )
+    retention_interval_s: float = Field(
+        default=3600.0, gt=0, description="seconds between two retention runs (each removes at most 100 studies)"
+    )
+
+    @field_validator("retention")
+    @classmethod
+    def _check_retention(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
 
     def resolved_db_url(self) -> str:
         """The database URL in effect."""
@@ -294,8 +320,8 @@ class HttpSettings(_Group):
     token: str | None = Field(
         default=None, min_length=16, description="bearer token every request must carry (required off loopback)"
     )
-    min_free_disk_mb: int = Field(
-        default=500, ge=0, description="/healthz answers 503 below this much free space in the data folder; 0 = off"
+    min_free_disk_mb: int | None = Field(
+        default=None, ge=0, exclude=True, description="deprecated: use store.min_free_bytes (this value x 1 MiB is used when set)"
     )
 
 
@@ -319,6 +345,18 @@ class Settings(BaseSettings):
     def _distinct_calling_ae(self) -> Settings:
         if self.destination.calling_ae_title is not None:
             validate_ae_title(self.destination.calling_ae_title)
+        return self
+
+    @model_validator(mode="after")
+    def _deprecated_min_free_disk_mb(self) -> Settings:
+        """``http.min_free_disk_mb`` (older releases) sets ``store.min_free_bytes`` unless that is set too."""
+        mb = self.http.min_free_disk_mb
+        if mb is not None and "min_free_bytes" not in self.store.model_fields_set:
+            warnings.warn(
+                f"http.min_free_disk_mb is deprecated: write store.min_free_bytes = {mb * MIB}",
+                FutureWarning, stacklevel=2,
+            )
+            self.store.min_free_bytes = mb * MIB
         return self
 
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import threading
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +21,7 @@ from dicomnode.errors import ModelError
 from dicomnode.store import pidfile
 from dicomnode.store.db import make_engine, make_sessionmaker
 from dicomnode.store.files import FileStore, check_data_dir
+from dicomnode.store.space import low_disk
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.background import BackgroundScheduler
@@ -129,12 +130,16 @@ class Node:
                 self.settings.destination,
                 self.settings.destination.calling_ae_title or self.settings.dicom.ae_title,
                 options,
+                retention=_retention(self.settings),
+                retention_interval_s=self.settings.store.retention_interval_s,
             )
             self.worker.recover_orphans()
             self.scheduler = start_scheduler(self.worker, self.settings.scheduler)
         if not self.run_receiver:
             return
-        context = ReceiveContext(files=self.files, sessionmaker=self.sessions, clock=utcnow)
+        context = ReceiveContext(
+            files=self.files, sessionmaker=self.sessions, clock=utcnow, min_free_bytes=self.settings.store.min_free_bytes
+        )
         try:
             self.server = start_scp(self.settings.dicom, context, block=False, listeners=self.listeners)
         except Exception:
@@ -154,6 +159,13 @@ class Node:
             self.scheduler.shutdown(wait=True)
             self.scheduler = None
         self.engine.dispose()
+
+
+def _retention(settings: Settings) -> timedelta | None:
+    """``store.retention`` as a duration (None: files are kept)."""
+    from dicomnode.durations import parse_duration
+
+    return parse_duration(settings.store.retention) if settings.store.retention is not None else None
 
 
 ROLES = ("all", "receiver", "worker")
@@ -192,6 +204,7 @@ def _process_record(settings: Settings, role: str) -> pidfile.NodeProcess:
         role=role,
         destination=None if role == "receiver" else settings.destination.spec(),
         started_at=utcnow().isoformat(timespec="seconds") + "Z",
+        model=None if role == "receiver" else settings.model.name,
     )
 
 
@@ -256,7 +269,7 @@ def node_health(settings: Settings, node: Node, pool: ReceiverPool | None) -> li
 
     Checks the DICOM server thread (receiver roles), every receiving child
     process, the batch scheduler and its thread (worker roles), and the free
-    space of the data folder against ``http.min_free_disk_mb``.
+    space of the data folder against ``store.min_free_bytes``.
     """
     problems: list[str] = []
     if node.run_receiver:
@@ -271,11 +284,9 @@ def node_health(settings: Settings, node: Node, pool: ReceiverPool | None) -> li
         thread = getattr(scheduler, "_thread", None)
         if scheduler is None or not scheduler.running or (thread is not None and not thread.is_alive()):
             problems.append("the batch scheduler is not running")
-    floor_mb = settings.http.min_free_disk_mb
-    if floor_mb:
-        free_mb = shutil.disk_usage(node.files.data_dir).free // (1024 * 1024)
-        if free_mb < floor_mb:
-            problems.append(f"{free_mb} MiB free in the data folder, below http.min_free_disk_mb = {floor_mb}")
+    low = low_disk(node.files.data_dir, settings.store.min_free_bytes)
+    if low is not None:
+        problems.append(low)
     return problems
 
 

@@ -6,6 +6,9 @@ Two jobs, each ``max_instances=1, coalesce=True``:
   claim up to ``batch_size`` jobs, run the pipeline, record outcomes, then send
   what is due (so a result leaves as soon as it exists).
 - ``send`` every ``interval_s``: retry due outbox entries (destination back up).
+- ``retention`` every ``store.retention_interval_s`` (only with ``store.retention``):
+  remove the files of finished studies older than the retention, at most
+  :data:`RETENTION_BATCH` studies per run (:mod:`dicomnode.store.purge`).
 
 All state lives in the database; :class:`NodeWorker` holds only handles, so the
 receiver and this worker can run in separate processes on one database.
@@ -19,7 +22,7 @@ import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, time
+from datetime import UTC, datetime, time, timedelta
 from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -38,6 +41,9 @@ if TYPE_CHECKING:
     from dicomnode.inference.runner import ModelRunner
 
 logger = logging.getLogger(__name__)
+
+#: Most studies whose files one retention run removes (the next run takes the rest).
+RETENTION_BATCH = 100
 
 
 def in_windows(windows: list[str], moment: time) -> bool:
@@ -70,6 +76,7 @@ class TickReport:
     failed: int = 0
     sent: int = 0
     send_failed: int = 0
+    purged: int = 0
 
 
 class NodeWorker:
@@ -85,6 +92,9 @@ class NodeWorker:
         options: pipeline options.
         clock: returns naive UTC now (tests pass a fake one).
         local_clock: returns local wall time, for batch windows.
+        retention: remove the files of finished studies quiet for this long
+            (``store.retention``); None = keep them.
+        retention_interval_s: seconds between two retention runs.
     """
 
     def __init__(
@@ -98,6 +108,8 @@ class NodeWorker:
         options: PipelineOptions,
         clock: Callable[[], datetime] = queue.utcnow,
         local_clock: Callable[[], datetime] = datetime.now,
+        retention: timedelta | None = None,
+        retention_interval_s: float = 3600.0,
     ) -> None:
         self.sessions = sessions
         self.files = files
@@ -108,6 +120,8 @@ class NodeWorker:
         self.options = options
         self.clock = clock
         self.local_clock = local_clock
+        self.retention = retention
+        self.retention_interval_s = retention_interval_s
         self.host = socket.gethostname()
         self.worker_id = f"{self.host}:{os.getpid()}"
         self._lock = threading.Lock()
@@ -141,6 +155,21 @@ class NodeWorker:
         report = TickReport()
         with self._lock:
             self._send_due(report)
+        return report
+
+    def purge_expired(self) -> TickReport:
+        """Remove the files of up to :data:`RETENTION_BATCH` finished studies older than ``retention``."""
+        from dicomnode.store.purge import purge
+
+        report = TickReport()
+        if self.retention is None:
+            return report
+        with self._lock:  # not while a batch reads a study's files
+            purged = purge(
+                self.sessions, self.files, older_than=self.retention, now=self.clock(),
+                delivered_only=self.destination.enabled, limit=RETENTION_BATCH,
+            )
+        report.purged = len(purged)
         return report
 
     def _run_batch(self, report: TickReport) -> None:
@@ -226,7 +255,7 @@ def _run_logged(step: Callable[[], TickReport], name: str) -> None:
     except Exception:  # the scheduler thread must survive; the rows keep the truth
         logger.exception("%s step failed; the next run will retry", name)
         return
-    if report.claimed or report.sent or report.send_failed or report.requeued:
+    if report.claimed or report.sent or report.send_failed or report.requeued or report.purged:
         logger.info("%s: %s", name, report)
 
 
@@ -243,5 +272,10 @@ def start_scheduler(worker: NodeWorker, settings: SchedulerSettings) -> Backgrou
         _run_logged, "interval", seconds=max(settings.interval_s, 1.0), args=[worker.send_due, "send"],
         id="send", max_instances=1, coalesce=True,
     )
+    if worker.retention is not None:
+        scheduler.add_job(
+            _run_logged, "interval", seconds=worker.retention_interval_s, args=[worker.purge_expired, "retention"],
+            id="retention", max_instances=1, coalesce=True, next_run_time=datetime.now(UTC),
+        )
     scheduler.start()
     return scheduler

@@ -1,4 +1,4 @@
-"""The ``dicomnode`` Typer app: serve, status, retry, predict, config show, and the training commands.
+"""The ``dicomnode`` Typer app: serve, status, retry, results, reprocess, purge, predict, config show, training.
 
 Each command is a thin adapter: parse options, call one library function, map
 ``DicomNodeError`` to a one-line message on stderr and exit code 1. Heavy
@@ -16,15 +16,16 @@ import typer
 from typer.core import TyperGroup
 
 from dicomnode import __version__
-from dicomnode.cli import conformance, gate, training
+from dicomnode.cli import conformance, gate, operations, training
 from dicomnode.cli.common import CliContext, fail, settings_in_effect
+from dicomnode.cli.common import destination_in_effect as _destination_in_effect
+from dicomnode.cli.common import open_queue as _open_queue
+from dicomnode.cli.common import processes as _processes
 from dicomnode.cli.db import db_app
 from dicomnode.config import DestinationSettings, Settings
 from dicomnode.errors import DicomNodeError
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
-
     from dicomnode.store.pidfile import NodeProcess
 
 #: Root options also accepted after the subcommand (``dicomnode serve --config node.toml``).
@@ -79,6 +80,9 @@ app.command("pretrain")(training.pretrain)
 app.command("calibrate")(training.calibrate)
 app.command("site-threshold")(training.site_threshold)
 app.command("conformance")(conformance.conformance)
+app.command("results")(operations.results)
+app.command("reprocess")(operations.reprocess)
+app.command("purge")(operations.purge)
 app.add_typer(training.models_app, name="models")
 app.add_typer(db_app, name="db")
 app.add_typer(gate.gate_app, name="gate")
@@ -185,37 +189,6 @@ def serve(
         fail(f"cannot listen on {where}: {exc.strerror or exc}")
 
 
-def _open_queue(settings: Settings) -> Engine:
-    """The engine of an existing node database; creates nothing (``status``, ``retry``)."""
-    from dicomnode.store.db import make_engine
-    from dicomnode.store.files import check_data_dir
-
-    store = settings.store
-    try:
-        exists = check_data_dir(store.data_dir, write=False)
-        if store.db_url is None and not exists:
-            fail(f"no node database in {store.data_dir} (give --data-dir of a node that has run)")
-        return make_engine(store, create=False)
-    except DicomNodeError as exc:
-        missing = str(exc).startswith("no node database")
-        hint = " (give --data-dir of a node that has run)" if missing and store.db_url is None else ""
-        fail(f"{exc}{hint}")
-
-
-def _processes(settings: Settings) -> list[NodeProcess]:
-    from dicomnode.store import pidfile
-
-    return pidfile.running(settings.store.data_dir)
-
-
-def _destination_in_effect(settings: Settings, processes: list[NodeProcess]) -> str | None:
-    """Where results go: as the running worker(s) say, else as these settings say."""
-    workers = [p for p in processes if p.role != "receiver"]
-    if workers:
-        return next((p.destination for p in workers if p.destination), None)
-    return settings.destination.spec()
-
-
 def _describe_processes(settings: Settings, processes: list[NodeProcess]) -> str:
     if not processes:
         return f"not running on {settings.store.data_dir}"
@@ -233,7 +206,7 @@ def status(
     db_url: Annotated[str | None, typer.Option("--db-url", help="SQLAlchemy URL of the queue.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object instead of text.")] = False,
 ) -> None:
-    """Whether a node runs, counts per state, results waiting to be sent (and why), failures, skips.
+    """Whether a node runs, low disk, counts per state, results waiting to be sent (and why), failures, skips.
 
     Reads the database only: a missing one is reported, not created.
     """
@@ -241,6 +214,7 @@ def status(
     from dicomnode.store.duplicates import read_duplicates
     from dicomnode.store.files import RESULTS_AREA
     from dicomnode.store.queue import status_summary
+    from dicomnode.store.space import low_disk
 
     settings = settings_in_effect(ctx, {"store": {"data_dir": data_dir, "db_url": db_url}})
     engine = _open_queue(settings)
@@ -253,11 +227,15 @@ def status(
     destination = _destination_in_effect(settings, processes)
     duplicates = read_duplicates(settings.store.data_dir)
     summary = replace(summary, duplicates=asdict(duplicates))
+    disk = low_disk(settings.store.data_dir, settings.store.min_free_bytes)
     if as_json:
         node = {"running": bool(processes), "processes": [asdict(p) for p in processes]}
-        typer.echo(json.dumps({**asdict(summary), "node": node, "destination": destination}, default=str))
+        typer.echo(json.dumps({**asdict(summary), "node": node, "destination": destination, "disk_problem": disk},
+                              default=str))
         return
     typer.echo("node:      " + _describe_processes(settings, processes))
+    if disk is not None:
+        typer.echo("disk:      " + disk)
     typer.echo("jobs:      " + _fmt_counts(summary.jobs))
     typer.echo("instances: " + _fmt_counts(summary.instances))
     typer.echo("results:   " + _fmt_counts(summary.results))

@@ -18,6 +18,7 @@ SOP class of the data set is not one we take          0x0122 SOP class not suppo
 not a chest / not usable (``validation.classify``)    0x0000, stored, Instance row SKIPPED
 deflated data set inflating past ``max_dataset_bytes``  0xC223 cannot understand
 file or database write fails                          0xA700 out of resources, file removed
+free space below ``store.min_free_bytes``              0xA700 out of resources, nothing written
 same SOP Instance UID again                           0x0000, first copy kept, nothing changes
 unexpected error in this module                       0x0110 processing failure
 ====================================================  =======================================
@@ -73,6 +74,7 @@ from dicomnode.receiving.validation import (
 )
 from dicomnode.store import duplicates, queue
 from dicomnode.store.files import FileStore
+from dicomnode.store.space import low_disk
 from dicomnode.uid import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, is_valid_uid
 
 if TYPE_CHECKING:
@@ -157,12 +159,15 @@ class ReceiveContext:
         max_dataset_bytes: largest data set taken, after inflating a deflated one
             (``start_scp`` sets it from ``DicomSettings.max_dataset_bytes``).
         counters: duplicate counts of this process.
+        min_free_bytes: below this much free space in the data folder every C-STORE is
+            answered 0xA700 and nothing is written (``store.min_free_bytes``; 0 = off).
     """
 
     files: FileStore
     sessionmaker: sessionmaker[Session]
     clock: Callable[[], datetime] = queue.utcnow
     max_dataset_bytes: int = DEFAULT_MAX_DATASET_BYTES
+    min_free_bytes: int = 0
     counters: ReceiveCounters = field(default_factory=ReceiveCounters, compare=False)
     _locks: _UidLocks = field(default_factory=_UidLocks, repr=False, compare=False)
 
@@ -223,11 +228,22 @@ def _handle_store(event: Event, context: ReceiveContext) -> Status:
                 exc.reason,
             )
             return Status(exc.status)
+        if _refuse_low_disk(context, header.sop_instance_uid, calling_ae):
+            return Status.OUT_OF_RESOURCES
         verdict = classify(ds)
         return _persist(event, context, header, verdict, calling_ae)
     except Exception:
         logger.exception("unexpected error storing %s from %s", _command_uid(event), calling_ae)
         return Status.PROCESSING_FAILURE
+
+
+def _refuse_low_disk(context: ReceiveContext, uid: str, calling_ae: str) -> bool:
+    """True (and logged) when the data folder is below ``context.min_free_bytes`` of free space."""
+    problem = low_disk(context.files.data_dir, context.min_free_bytes)
+    if problem is None:
+        return False
+    logger.error("refused C-STORE %s from %s: 0xA700 %s", uid, calling_ae, problem)
+    return True
 
 
 def _read_header(event: Event, context: ReceiveContext) -> tuple[Dataset, _Header]:

@@ -260,6 +260,7 @@ def child_main(argv: list[str] | None = None) -> int:
         files=FileStore(settings.store.data_dir, fsync=settings.store.fsync),
         sessionmaker=make_sessionmaker(engine),
         clock=utcnow,
+        min_free_bytes=settings.store.min_free_bytes,
     )
     server = None
     try:

@@ -70,7 +70,8 @@ _TEXT: Final[dict[Status, tuple[str, str]]] = {
         "Refused: out of resources",
         (
             "the file or its database record cannot be written (disk full, database "
-            "unavailable); a partial file is removed"
+            "unavailable; a partial file is removed), or the data folder has less free "
+            "space than store.min_free_bytes (nothing is written)"
         ),
     ),
     Status.MISMATCH: (

@@ -3,6 +3,9 @@
 study 1--* instance *--1 job 1--* result
                           job 1--* finding
 
+- ``Study``: one study; ``files_purged_at`` says its files were removed by
+  ``dicomnode purge`` / ``store.retention`` (the rows stay; instances received
+  before that time have no file any more).
 - ``Instance``: one received SOP instance and where its Part-10 file lies.
 - ``Job``: one inference run over the instances of a study that arrived together
   (a study is quiet for ``stable_after_s`` -> READY). Instances arriving after the
@@ -43,6 +46,9 @@ class Study(Base):
     study_instance_uid: Mapped[str] = mapped_column(UID, primary_key=True)
     first_received_at: Mapped[datetime]
     last_received_at: Mapped[datetime]
+    files_purged_at: Mapped[datetime | None] = mapped_column(
+        default=None, doc="when the received and produced files were removed (dicomnode purge); rows stay"
+    )
 
     instances: Mapped[list[Instance]] = relationship(back_populates="study")
 

@@ -1,7 +1,7 @@
 """Which ``dicomnode serve`` processes run on a data folder: one locked pid file each.
 
 Each serving process writes ``<data_dir>/run/serve-<pid>-<random>.json`` (its pid, role,
-destination and start time) and holds an exclusive ``flock(2)`` on it while it runs
+destination, model and start time) and holds an exclusive ``flock(2)`` on it while it runs
 (the random part keeps apart processes of the same pid in different containers).
 The kernel drops the lock when the process ends, however it ends (SIGKILL, crash), so
 a file whose lock can be taken is stale: :func:`running` ignores it and the next
@@ -36,12 +36,14 @@ class NodeProcess:
         role: ``all``, ``receiver`` or ``worker``.
         destination: where its results go (``AET@HOST:PORT``), None = nowhere (kept).
         started_at: ISO 8601 UTC time the process started serving.
+        model: the model it serves (``model.name`` as configured); None for a receiver.
     """
 
     pid: int
     role: str
     destination: str | None
     started_at: str
+    model: str | None = None
 
 
 def _new_pid_path(data_dir: Path, pid: int) -> Path:
@@ -147,6 +149,7 @@ def _read(fd: int, pid: int) -> NodeProcess:
             role=str(data.get("role", "unknown")),
             destination=data.get("destination"),
             started_at=str(data.get("started_at", "")),
+            model=data.get("model"),
         )
     except (ValueError, TypeError):
         return NodeProcess(pid=pid, role="unknown", destination=None, started_at="")

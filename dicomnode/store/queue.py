@@ -265,6 +265,9 @@ def _claimed_job(session: Session, job: Job, now: datetime) -> ClaimedJob:
         .where(Instance.study_instance_uid == job.study_instance_uid, Instance.job_id <= job.id)
         .order_by(Instance.received_at, Instance.sop_instance_uid)
     ).all()
+    study = session.get(Study, job.study_instance_uid)
+    if study is not None and study.files_purged_at is not None:  # their files were removed (store.purge)
+        rows = [i for i in rows if i.received_at > study.files_purged_at]
     accepted = tuple(ClaimedInstance(i.sop_instance_uid, i.path) for i in rows if i.state == InstanceState.ACCEPTED)
     refused = tuple(
         RefusedInstance(i.sop_instance_uid, i.sop_class_uid, i.series_instance_uid, i.path, *parse_skip_reason(i.skip_reason))

@@ -98,6 +98,50 @@ def _positive(jobs: Sequence[Job]) -> bool:
     return any(f.decision == FindingDecision.PRESENT for job in jobs for f in job.findings)
 
 
+def _latest_findings(jobs: Sequence[Job]) -> list[Finding]:
+    """The findings of the study's latest job that recorded any (earlier ones are superseded)."""
+    return next((list(j.findings) for j in reversed(jobs) if j.findings), [])
+
+
+def study_findings(jobs: Sequence[Job]) -> list[dict[str, Any]]:
+    """Per label what the study's latest analysis concluded, over its images.
+
+    A label is ``present`` when any image's decision is present, else ``absent`` when
+    any image was assessed; its probability is the highest of the images. Images not
+    assessed as a whole appear as one ``label: None`` entry with their reason(s).
+    """
+    by_label: dict[str | None, list[Finding]] = {}
+    for finding in _latest_findings(jobs):
+        by_label.setdefault(finding.label, []).append(finding)
+    shown: list[dict[str, Any]] = []
+    for label, rows in by_label.items():
+        decisions = {f.decision for f in rows}
+        if FindingDecision.PRESENT in decisions:
+            decision = FindingDecision.PRESENT
+        elif FindingDecision.ABSENT in decisions:
+            decision = FindingDecision.ABSENT
+        else:
+            decision = FindingDecision.NOT_ASSESSED
+        reasons = sorted({f.not_assessed_reason for f in rows if f.not_assessed_reason})
+        shown.append({
+            "label": label,
+            "decision": decision.value,
+            "probability": max((f.probability for f in rows if f.probability is not None), default=None),
+            "not_assessed_reasons": reasons,
+        })
+    return shown
+
+
+def delivery(jobs: Sequence[Job]) -> str:
+    """The study's delivery state: ``failed``, ``pending`` (a result waits), ``sent``, or ``none`` (no result)."""
+    states = {r.state for j in jobs for r in j.results}
+    if OutboxState.FAILED in states:
+        return "failed"
+    if OutboxState.PENDING in states:
+        return "pending"
+    return "sent" if states else "none"
+
+
 def _summary(study: Study, jobs: Sequence[Job]) -> dict[str, Any]:
     job = jobs[-1] if jobs else None
     findings = [f for j in jobs for f in j.findings]
@@ -116,6 +160,10 @@ def _summary(study: Study, jobs: Sequence[Job]) -> dict[str, Any]:
         "results_failed": len(failed),
         "last_error": redact(job.last_error) if job and job.last_error else None,
         "timeline": timeline(study, jobs),
+        "findings": study_findings(jobs),
+        "models": sorted({f"{f.model_name} v{f.model_version}" for f in _latest_findings(jobs)}),
+        "delivery": delivery(jobs),
+        "files_purged_at": iso(study.files_purged_at),
     }
 
 
@@ -193,8 +241,11 @@ def study_detail(session: Session, study_uid: str, files: FileStore | None = Non
     for job in jobs:
         for instance in job.instances:
             findings = [f for f in job.findings if f.sop_instance_uid == instance.sop_instance_uid]
-            sc_uid = next((f.sc_sop_instance_uid for f in findings if f.sc_sop_instance_uid), None)
-            sc = results.get(sc_uid) if sc_uid else None
+            sc_labels: dict[str, str | None] = {}
+            for f in findings:
+                if f.sc_sop_instance_uid and f.sc_sop_instance_uid in results:
+                    sc_labels.setdefault(f.sc_sop_instance_uid, f.label)
+            heatmaps = [{**_result(results[uid]), "label": label} for uid, label in sc_labels.items()]
             images.append({
                 "sop_instance_uid": instance.sop_instance_uid,
                 "series_instance_uid": instance.series_instance_uid,
@@ -202,7 +253,8 @@ def study_detail(session: Session, study_uid: str, files: FileStore | None = Non
                 "state": instance.state.value,
                 "skip_reason": redact(instance.skip_reason) if instance.skip_reason else None,
                 "findings": [_finding(f) for f in findings],
-                "heatmap": _result(sc) if sc is not None else None,
+                "heatmaps": heatmaps,  # one SC per positive finding (multi-label models)
+                "heatmap": heatmaps[0] if heatmaps else None,  # the first; kept for API clients
             })
     detail["images"] = images
     detail["jobs"] = [

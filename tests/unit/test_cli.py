@@ -130,7 +130,7 @@ def test_config_show_redacts_the_http_token(tmp_path: Path) -> None:
     result = runner.invoke(app, ["--config", str(config), "config", "show"])
     assert result.exit_code == 0
     assert json.loads(result.output)["http"] == {
-        "port": 8080, "show_phi": False, "token": "<redacted>", "min_free_disk_mb": 500,
+        "port": 8080, "show_phi": False, "token": "<redacted>",
     }  # fmt: skip
     assert "very-secret" not in result.output
 

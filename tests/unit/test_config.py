@@ -20,6 +20,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "not for diagnostic use" in settings.outputs.sc_series_description
     assert settings.model.name == "default"
     assert settings.model.out_of_population == "flag"
+    assert settings.store.min_free_bytes == 1024**3 and settings.store.retention is None
 
 
 def test_source_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -43,6 +44,8 @@ def test_source_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         {"scheduler": {"batch_windows": "25:00-26:00"}},
         {"model": {"thresholds": {"pneumonia": 1.5}}},
         {"model": {"out_of_population": "ignore"}},
+        {"store": {"retention": "30 days"}},
+        {"store": {"min_free_bytes": -1}},
     ],
 )
 def test_invalid_values_stop_with_a_clear_message(overrides: dict[str, object]) -> None:
@@ -124,3 +127,25 @@ def test_destination_spec_round_trips() -> None:
     for spec in ("PACS@10.0.0.5:104", "ORTHANC@[::1]:4242"):
         assert DestinationSettings(**DestinationSettings.parse(spec)).spec() == spec
     assert DestinationSettings().spec() is None
+
+
+def test_retention_takes_a_duration(tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text('[store]\nretention = "30d"\nmin_free_bytes = 0\n')
+    settings = load_settings(config)
+    assert settings.store.retention == "30d" and settings.store.min_free_bytes == 0
+
+
+def test_bad_retention_names_the_value() -> None:
+    with pytest.raises(ConfigError, match="invalid duration '1y'"):
+        load_settings(None, {"store": {"retention": "1y"}})
+
+
+def test_deprecated_http_min_free_disk_mb_sets_store_min_free_bytes(tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text("[http]\nmin_free_disk_mb = 500\n")
+    with pytest.warns(FutureWarning, match="store.min_free_bytes = 524288000"):
+        settings = load_settings(config)
+    assert settings.store.min_free_bytes == 500 * 1024 * 1024
+    config.write_text("[http]\nmin_free_disk_mb = 500\n[store]\nmin_free_bytes = 7\n")
+    assert load_settings(config).store.min_free_bytes == 7  # the new name wins

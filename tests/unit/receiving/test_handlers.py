@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import signal
@@ -250,6 +251,18 @@ def test_database_failure_after_write_is_a700_and_file_removed(
     finally:
         stop_scp(running.server, grace_s=2)
     assert _files(data_dir) == []
+
+
+def test_free_space_below_min_free_bytes_is_a700_and_nothing_is_written(
+    receive_context: ReceiveContext, store_engine: Engine, data_dir: Path
+) -> None:
+    low = dataclasses.replace(receive_context, min_free_bytes=10**18)  # 1 EB: never free
+    running = run_scp(low)
+    try:
+        assert _send(running.port, make_cxr_dataset()) == [Status.OUT_OF_RESOURCES]
+    finally:
+        stop_scp(running.server, grace_s=2)
+    assert _instances(store_engine) == [] and _files(data_dir) == []
 
 
 def test_disk_failure_is_a700(

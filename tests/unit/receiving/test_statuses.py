@@ -104,3 +104,10 @@ def test_handlers_return_status_members() -> None:
     assert {f.name for f in handlers} == {"handle_echo", "handle_store"}
     for func in handlers:
         assert func.returns is not None and ast.unparse(func.returns) == "Status", func.name
+
+
+def test_statement_says_when_low_disk_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DICOMNODE_CONFIG", raising=False)
+    result = CliRunner().invoke(app, ["conformance", "--format", "md"])
+    (row,) = [line for line in result.output.splitlines() if line.startswith(f"| {Status.OUT_OF_RESOURCES.hex}")]
+    assert "store.min_free_bytes" in row

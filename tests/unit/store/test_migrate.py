@@ -23,7 +23,7 @@ from dicomnode.store.migrate import (
     new_revision,
     schema_diff,
 )
-from dicomnode.store.models import Base, Job
+from dicomnode.store.models import Base, Job, Study
 
 NOW = datetime(2026, 1, 1, 12, 0, 0)
 
@@ -56,8 +56,11 @@ def test_pre_alembic_database_is_stamped_and_keeps_working(tmp_path: Path) -> No
     # (The baseline's tables only: later revisions add tables such as ``finding``.)
     old = create_engine(f"sqlite:///{_sqlite_file(tmp_path)}")
     Base.metadata.create_all(old, tables=[Base.metadata.tables[n] for n in ("study", "job", "instance", "result")])
+    with old.begin() as connection:  # as the baseline had it (0003 adds the column)
+        connection.execute(text("ALTER TABLE study DROP COLUMN files_purged_at"))
     with old.begin() as connection:
-        connection.execute(text("INSERT INTO study VALUES ('1.2.3', '2026-01-01', '2026-01-01')"))
+        connection.execute(text("INSERT INTO study (study_instance_uid, first_received_at, last_received_at) "
+                                "VALUES ('1.2.3', '2026-01-01', '2026-01-01')"))
         connection.execute(
             text("INSERT INTO job (study_instance_uid, state, attempts, created_at, last_instance_at) "
                  "VALUES ('1.2.3', 'ready', 0, '2026-01-01', '2026-01-01')")
@@ -80,6 +83,35 @@ def test_pre_alembic_database_is_stamped_and_keeps_working(tmp_path: Path) -> No
         with sessions.begin() as session:
             claims = queue.claim_batch(session, limit=8, now=NOW, worker="test:1")
         assert [c.study_instance_uid for c in claims] == ["1.2.3"]
+    finally:
+        engine.dispose()
+
+
+def test_queue_at_0002_is_upgraded_and_keeps_its_rows(tmp_path: Path) -> None:
+    """0003 adds study.files_purged_at to a queue written by the previous release."""
+    from alembic import command
+
+    from dicomnode.store.migrate import alembic_config
+
+    old = create_engine(f"sqlite:///{_sqlite_file(tmp_path)}")
+    with old.begin() as connection:
+        command.upgrade(alembic_config(connection), "0002")
+        connection.execute(text("INSERT INTO study (study_instance_uid, first_received_at, last_received_at) "
+                                "VALUES ('1.2.3', '2026-01-01 00:00:00', '2026-01-01 00:00:00')"))
+        connection.execute(text("INSERT INTO job (study_instance_uid, state, attempts, created_at, last_instance_at) "
+                                "VALUES ('1.2.3', 'sent', 1, '2026-01-01 00:00:00', '2026-01-01 00:00:00')"))
+        assert "files_purged_at" not in {c["name"] for c in inspect(connection).get_columns("study")}
+    old.dispose()
+
+    engine = make_engine(StoreSettings(data_dir=tmp_path), create=False)
+    try:
+        with engine.connect() as connection:
+            assert current_revision(connection) == head_revision() >= "0003"
+            assert schema_diff(connection) == []
+        with make_sessionmaker(engine)() as session:
+            study = session.get(Study, "1.2.3")
+            assert study is not None and study.files_purged_at is None
+            assert [j.state for j in session.scalars(select(Job))] == [JobState.SENT]
     finally:
         engine.dispose()
 

@@ -126,6 +126,10 @@ def test_api_lists_and_filters_studies(node: Node) -> None:
     assert row["timeline"]["received"] == T0.isoformat() + "Z"
     assert row["timeline"]["done"] == (T0 + timedelta(seconds=4)).isoformat() + "Z"
     assert row["results_pending"] == 5  # one SC per positive finding (2 images x 2 labels) + the SR
+    assert [f["label"] for f in row["findings"]] == ["pneumonia", "effusion"]
+    assert {f["decision"] for f in row["findings"]} == {"present"}
+    assert row["models"] == ["tiny-test_resnet v0.0.1"] and row["delivery"] == "pending"
+    assert row["files_purged_at"] is None
     assert client.get("/api/studies", params={"state": "failed"}).json()["count"] == 0
     assert client.get("/api/studies", params={"positive": "1", "state": "done"}).json()["count"] == 1
     later = (T0 + timedelta(minutes=5)).isoformat() + "Z"
@@ -144,6 +148,11 @@ def test_api_study_detail_has_findings_results_and_no_phi(node: Node) -> None:
     assert finding["label"] == "pneumonia" and finding["decision"] == "present"
     assert finding["model"] == {"name": "tiny-test_resnet", "version": "0.0.1"}
     assert detail["images"][0]["heatmap"]["state"] == "pending"
+    heatmaps = detail["images"][0]["heatmaps"]
+    assert [h["label"] for h in heatmaps] == ["pneumonia", "effusion"] and heatmaps[0] == detail["images"][0]["heatmap"]
+    assert {f["label"]: f["sc_sop_instance_uid"] for f in detail["images"][0]["findings"]} == {
+        h["label"]: h["sop_instance_uid"] for h in heatmaps
+    }
     assert sorted(r["kind"] for r in detail["results"]) == ["findings_sr"] + ["heatmap_sc"] * 4  # per positive finding
     assert "patient" not in detail
     assert "Doe" not in response.text and "PID-4711" not in response.text
@@ -164,7 +173,9 @@ def test_pages_show_the_row_and_a_decodable_heatmap(node: Node) -> None:
     assert page.status_code == 200
     assert "Doe" not in page.text
     sources = [part.split('"', 1)[0] for part in page.text.split('<img class="heatmap" src="')[1:]]
-    assert len(sources) == 2
+    assert len(sources) == 4 and len(set(sources)) == 4  # every SC: 2 images x 2 positive findings
+    assert page.text.count("<figcaption>pneumonia</figcaption>") == 2
+    assert page.text.count("<figcaption>effusion</figcaption>") == 2
     png = client.get(sources[0])
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"
     with Image.open(io.BytesIO(png.content)) as image:

@@ -37,13 +37,13 @@ def test_token_must_be_long_enough() -> None:
 
 
 def test_health_names_a_stopped_scheduler_and_a_full_disk(tmp_path: Path) -> None:
-    settings = Settings.model_validate({"store": {"data_dir": tmp_path}, "http": {"min_free_disk_mb": 1}})
+    settings = Settings.model_validate({"store": {"data_dir": tmp_path, "min_free_bytes": 1}})
     node = Node(settings, run_worker=True, run_receiver=False)  # built, never started
     try:
         assert node_health(settings, node, None) == ["the batch scheduler is not running"]
-        huge = settings.model_copy(update={"http": settings.http.model_copy(update={"min_free_disk_mb": 10**12})})
+        huge = settings.model_copy(update={"store": settings.store.model_copy(update={"min_free_bytes": 10**18})})
         problems = node_health(huge, node, None)
-        assert any("below http.min_free_disk_mb" in p for p in problems)
+        assert any("below store.min_free_bytes" in p and "0xA700" in p for p in problems)
         receiver = Node(settings, run_worker=False, run_receiver=True)
         try:
             assert node_health(settings, receiver, None) == ["the DICOM receiver is not running"]
