@@ -14,6 +14,7 @@ building and validation, atomic writes. Ratio = pipeline img/s / reference img/s
 from __future__ import annotations
 
 import argparse
+import cProfile
 import sys
 import tempfile
 import time
@@ -34,6 +35,7 @@ def main() -> None:
     parser.add_argument("--cols", type=int, default=2048)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--explain", default="all", choices=["all", "positive"])
+    parser.add_argument("--profile", type=Path, help="write a cProfile of the pipeline part to this file")
     args = parser.parse_args()
 
     import torch
@@ -93,13 +95,19 @@ def main() -> None:
             parameter.requires_grad_(flag)
 
         options = PipelineOptions(OutputSettings(), args.batch_size, args.explain)
+        profiler = cProfile.Profile() if args.profile else None
         start = time.perf_counter()
+        if profiler:
+            profiler.enable()
         for i in range(0, len(claims), args.batch_size):
             outcomes = process_jobs(claims[i : i + args.batch_size], runner, files, options)
             failed = [o.error for o in outcomes if o.error]
             if failed:
                 raise SystemExit(f"pipeline failed: {failed[0]}")
         pipeline_s = time.perf_counter() - start
+        if profiler:
+            profiler.disable()
+            profiler.dump_stats(args.profile)
 
     n = len(sources)
     print(f"reference forward+Grad-CAM (runner)   {n / reference_s:8.1f} img/s")
