@@ -49,7 +49,8 @@ def main() -> None:
     from dicomnode.inference.runner import ModelRunner
     from dicomnode.pipeline import PipelineOptions, process_jobs
     from dicomnode.store.files import FileStore
-    from dicomnode.store.queue import ClaimedInstance, ClaimedJob, utcnow
+    from dicomnode.domain import ClaimedInstance, ClaimedJob
+    from dicomnode.store.queue import utcnow
     from pydicom import dcmread
 
     runner = ModelRunner.from_loaded(resolve_manifest(args.model), device=args.device)

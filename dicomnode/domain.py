@@ -1,8 +1,10 @@
-"""Small immutable values passed between stages: states, predictions, model identity."""
+"""Small immutable values passed between stages: states, predictions, model identity,
+and the typed description of work (a claimed job) and of its results (objects, findings)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 
 
@@ -167,3 +169,105 @@ class PopulationCheck:
 
     status: PopulationStatus
     detail: str = ""
+
+
+@dataclass(frozen=True)
+class ClaimedInstance:
+    """An accepted instance of a claimed job."""
+
+    sop_instance_uid: str
+    path: str
+
+
+@dataclass(frozen=True)
+class RefusedInstance:
+    """An instance of the study that is not used for inference, and why.
+
+    Attributes:
+        reason: HEADER_NOT_ACCEPTED for instances skipped at receive time; the reason
+            recorded by the batch (e.g. UNDECODABLE) for instances skipped there.
+        detail: the recorded reason text (no PHI).
+    """
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    series_instance_uid: str
+    path: str
+    reason: NotAssessedReason
+    detail: str
+
+
+@dataclass(frozen=True)
+class PriorResult:
+    """The study's latest findings SR, produced by an earlier job (to be superseded)."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    path: str
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """A job claimed for processing by one worker.
+
+    A study's results always cover the whole study: ``instances`` holds every accepted
+    instance of the study, those of earlier jobs included (an image that arrives after
+    the study's results were produced re-analyses all of them), ``refused`` the study's
+    SKIPPED instances, and ``predecessor`` the findings SR the new one supersedes.
+    """
+
+    job_id: int
+    study_instance_uid: str
+    claimed_at: datetime
+    instances: tuple[ClaimedInstance, ...]
+    refused: tuple[RefusedInstance, ...] = ()
+    predecessor: PriorResult | None = None
+
+
+@dataclass(frozen=True)
+class NewResult:
+    """A produced result object, already written under the data folder."""
+
+    kind: ResultKind
+    sop_instance_uid: str
+    sop_class_uid: str
+    path: str
+
+
+@dataclass(frozen=True)
+class NewFinding:
+    """What a job concluded about one label on one source image (a ``finding`` row).
+
+    Attributes:
+        sop_instance_uid: the source image.
+        label: the finding's name (``"pneumonia"``); None for an image not assessed as a whole.
+        decision: present / absent, or not assessed.
+        probability: model probability in [0, 1]; None when not assessed.
+        threshold: the decision threshold in [0, 1]; None when not assessed.
+        not_assessed_reason: why no decision (required when ``decision`` is NOT_ASSESSED).
+        detail: one line without PHI (e.g. the gate's score), or None.
+        model_name: registry name of the model.
+        model_version: manifest version of the model.
+        sr_sop_instance_uid: the findings SR that reports it, if one was written.
+        sc_sop_instance_uid: the heatmap SC of the image, if one was written.
+    """
+
+    sop_instance_uid: str
+    label: str | None
+    decision: FindingDecision
+    model_name: str
+    model_version: str
+    probability: float | None = None
+    threshold: float | None = None
+    not_assessed_reason: NotAssessedReason | None = None
+    detail: str | None = None
+    sr_sop_instance_uid: str | None = None
+    sc_sop_instance_uid: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.decision == FindingDecision.NOT_ASSESSED) != (self.not_assessed_reason is not None):
+            raise ValueError("not_assessed_reason is required exactly when the decision is not_assessed")
+        for name in ("probability", "threshold"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} {value} is outside [0, 1]")

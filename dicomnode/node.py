@@ -34,19 +34,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def load_runner(settings: Settings) -> ModelRunner:
-    """Resolve and load the configured model (weights verified against the manifest).
-
-    Raises:
-        ModelError: the model cannot be found, loaded or verified.
-    """
-    from dicomnode.inference.registry import resolve_manifest
-    from dicomnode.inference.runner import ModelRunner
-
-    loaded = resolve_manifest(settings.model.name)
-    return ModelRunner.from_loaded(loaded, device=settings.model.device, thresholds=settings.model.thresholds or None)
-
-
 def preflight(settings: Settings, role: str) -> None:
     """Check what ``serve`` needs before it changes anything, in this order.
 
@@ -113,6 +100,7 @@ class Node:
             ModelError: the model cannot be loaded (nothing is left running).
             OSError: the port cannot be bound.
         """
+        from dicomnode.inference.loading import load_runner
         from dicomnode.pipeline import PipelineOptions
         from dicomnode.receiving.handlers import ReceiveContext
         from dicomnode.receiving.scp import start_scp
@@ -124,7 +112,7 @@ class Node:
             logger.info("removed %d partial file(s) left by an earlier crash", removed)
         if self.run_worker:
             if self.runner is None:
-                self.runner = load_runner(self.settings)
+                self.runner = load_runner(self.settings.model)
             identity = self.runner.identity
             logger.info("model %s v%s (%s) loaded", identity.name, identity.version, identity.architecture)
             options = PipelineOptions(

@@ -31,26 +31,25 @@ from pydicom.dataset import Dataset
 from dicomnode import __version__, metrics
 from dicomnode.config import OutputSettings
 from dicomnode.domain import (
+    ClaimedJob,
     FindingDecision,
     GateVerdict,
     ModelIdentity,
+    NewFinding,
+    NewResult,
     NotAssessedReason,
     PopulationCheck,
     PopulationStatus,
     Prediction,
+    RefusedInstance,
     ResultKind,
 )
 from dicomnode.errors import DicomNodeError, InferenceError, OutputBuildError
 from dicomnode.store.files import FileStore
-from dicomnode.store.queue import (
-    ClaimedJob,
-    NewFinding,
-    NewResult,
-    RefusedInstance,
-    skip_reason_text,
-)
+from dicomnode.store.queue import skip_reason_text
 
 if TYPE_CHECKING:
+    from dicomnode.inference.manifest import Preprocessing
     from dicomnode.inference.runner import ModelRunner
     from dicomnode.outputs.sr import PriorReport
 
@@ -128,14 +127,15 @@ class BuiltObject:
     Attributes:
         kind: SC or SR.
         dataset: the object.
-        encoded: its Part-10 bytes, as checked by the validation gate (written as is).
+        encoded: its Part-10 bytes, as checked by the validation gate
+            (``outputs.validate.validate_result``); written as is.
         source_uid: the SOP Instance UID of the image a heatmap SC shows; None for the SR.
         label: the finding a heatmap SC explains; None for the SR.
     """
 
     kind: ResultKind
     dataset: Dataset
-    encoded: bytes = b""
+    encoded: bytes
     source_uid: str | None = None
     label: str | None = None
 
@@ -167,8 +167,13 @@ class PipelineOptions:
     out_of_population: OutOfPopulation = "flag"
 
 
-def prepare_image(source: Dataset, runner: ModelRunner, max_side: int) -> PreparedImage:
+def prepare_image(source: Dataset, preprocessing: Preprocessing, max_side: int) -> PreparedImage:
     """Decode a dataset's pixels once into the display image and the model input.
+
+    Args:
+        source: the received dataset, pixels included.
+        preprocessing: the model's input settings (manifest).
+        max_side: long side in pixels of the display image (the SC's).
 
     Raises:
         InferenceError: the pixels cannot be used (see ``preprocess.dicom_to_gray``).
@@ -176,7 +181,7 @@ def prepare_image(source: Dataset, runner: ModelRunner, max_side: int) -> Prepar
     from dicomnode.inference.preprocess import dicom_to_gray, gray_to_input
 
     gray = dicom_to_gray(source)
-    model_input = gray_to_input(gray, runner.manifest.preprocessing)
+    model_input = gray_to_input(gray, preprocessing)
     display = _downscale(gray, max_side)
     del gray
     header = source.copy()
@@ -253,22 +258,7 @@ def _explain_other_findings(analyses: Sequence[ImageAnalysis], runner: ModelRunn
             analysis.heatmaps[k] = heat
 
 
-def unpad_heatmap(heatmap: np.ndarray, image_shape: tuple[int, ...], resize: str) -> np.ndarray:
-    """The part of an (S, S) heatmap that covers the image (letterboxed inputs have bars).
-
-    Mirrors ``preprocess.resize_gray(mode="pad")``: the image is centred, long side = S.
-    """
-    if resize != "pad":
-        return heatmap
-    size = heatmap.shape[0]
-    height, width = image_shape[:2]
-    scale = size / max(height, width)
-    nh, nw = max(1, round(height * scale)), max(1, round(width * scale))
-    top, left = (size - nh) // 2, (size - nw) // 2
-    return heatmap[top : top + nh, left : left + nw]
-
-
-def legend_lines(prediction: Prediction, runner: ModelRunner, label_index: int | None = None) -> list[str]:
+def legend_lines(prediction: Prediction, identity: ModelIdentity, label_index: int | None = None) -> list[str]:
     """Text burned into the heatmap SC: the finding, its probability and decision, what the
     colour means (or that none is shown), the model, the disclaimer.
 
@@ -277,13 +267,12 @@ def legend_lines(prediction: Prediction, runner: ModelRunner, label_index: int |
 
     Args:
         prediction: the image's prediction.
-        runner: the model (identity).
+        identity: the model that made it.
         label_index: the explained label; None = the reported (most probable) one.
     """
     i = prediction.top_index if label_index is None else label_index
     finding = prediction.labels[i].upper()
     positive = prediction.is_positive(i)
-    identity = runner.identity
     return [
         # no-break spaces keep each number with its name when the renderer wraps the line
         (
@@ -313,7 +302,8 @@ def not_assessed_entry(analysis: ImageAnalysis) -> NotAssessedImage:
 
 def build_study_outputs(
     entries: Sequence[StudyEntry],
-    runner: ModelRunner,
+    identity: ModelIdentity,
+    preprocessing: Preprocessing,
     options: PipelineOptions,
     *,
     predecessor: PriorReport | None = None,
@@ -324,7 +314,8 @@ def build_study_outputs(
     Args:
         entries: every image of the study in report order: analysed images (assessable
             or not) and images not assessed before the model (undecodable, header refused).
-        runner: the model.
+        identity: the model that analysed them (SC legend, SR algorithm, series UIDs).
+        preprocessing: the model's input settings (letterboxed heatmaps are cropped to the image).
         options: pipeline options (labelling, explain mode).
         predecessor: the study's earlier findings SR that this one supersedes.
         sr_instance_number: Instance Number of the SR in its series.
@@ -336,6 +327,7 @@ def build_study_outputs(
         OutputBuildError: an object could not be built or failed validation.
     """
     from dicomnode.explain.render import render_overlay
+    from dicomnode.inference.preprocess import unpad_heatmap
     from dicomnode.outputs.sc import build_heatmap_sc
     from dicomnode.outputs.sr import ImageFindings, build_findings_sr
     from dicomnode.outputs.uids import derived_uid
@@ -344,7 +336,6 @@ def build_study_outputs(
     if not any(isinstance(e, ImageAnalysis) and e.assessable for e in entries):
         return []
     outputs = options.outputs
-    identity = runner.identity
     built: list[BuiltObject] = []
     # Series UIDs derive from the study and the weights; instance UIDs from what each
     # object shows: re-running a job after a crash rewrites the same objects (a PACS that
@@ -368,12 +359,12 @@ def build_study_outputs(
             scs: dict[int, Dataset] = {}
             for k, heat in sorted(entry.heatmaps.items()):
                 number += 1
-                legend = legend_lines(entry.prediction, runner, k)
+                legend = legend_lines(entry.prediction, identity, k)
                 # A negative decision gets no colour: a per-image normalised Grad-CAM always
                 # has a full-range map, which would read as "the finding is here".
                 overlay = render_overlay(
                     entry.image.display,
-                    unpad_heatmap(heat, entry.image.display.shape, runner.manifest.preprocessing.resize)
+                    unpad_heatmap(heat, entry.image.display.shape, preprocessing.resize)
                     if entry.prediction.is_positive(k)
                     else None,
                     max_side=outputs.max_heatmap_side,
@@ -394,9 +385,10 @@ def build_study_outputs(
                 )  # fmt: skip
                 built.append(
                     BuiltObject(
-                        ResultKind.HEATMAP_SC, scs[k], source_uid=str(header.SOPInstanceUID), label=entry.prediction.labels[k]
+                        ResultKind.HEATMAP_SC, scs[k], validate_result(scs[k]),
+                        source_uid=str(header.SOPInstanceUID), label=entry.prediction.labels[k],
                     )
-                )
+                )  # fmt: skip
             findings.append(ImageFindings(header, entry.prediction, scs, population=entry.population))
         sr = build_findings_sr(
             findings,
@@ -408,9 +400,7 @@ def build_study_outputs(
             content_tag=f"explain={options.explain};{tag}",
             instance_number=sr_instance_number,
         )
-        built.append(BuiltObject(ResultKind.FINDINGS_SR, sr))
-        for item in built:
-            item.encoded = validate_result(item.dataset)
+        built.append(BuiltObject(ResultKind.FINDINGS_SR, sr, validate_result(sr)))
     except OutputBuildError:
         raise
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
@@ -497,15 +487,6 @@ def write_outputs(built: Sequence[BuiltObject], write: Callable[[BuiltObject], P
     return results
 
 
-def encode_part10(dataset: Dataset) -> bytes:
-    """Serialise a dataset as a Part-10 file (preamble, file meta, dataset)."""
-    from io import BytesIO
-
-    buffer = BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
 def _read_header(path: Path) -> Dataset:
     return dcmread(path, stop_before_pixels=True)
 
@@ -526,7 +507,7 @@ def _refused_entry(refused: RefusedInstance, study_uid: str, files: FileStore) -
     return NotAssessedImage(header, refused.reason, refused.detail)
 
 
-def _prior_report(claim: ClaimedJob, files: FileStore, runner: ModelRunner) -> tuple[PriorReport | None, int]:
+def _prior_report(claim: ClaimedJob, files: FileStore, identity: ModelIdentity) -> tuple[PriorReport | None, int]:
     """The findings SR this job's report supersedes, and the new report's Instance Number."""
     from dicomnode.outputs.sr import PriorReport
     from dicomnode.outputs.uids import derived_uid
@@ -540,7 +521,7 @@ def _prior_report(claim: ClaimedJob, files: FileStore, runner: ModelRunner) -> t
     except (OSError, ValueError, AttributeError, KeyError, TypeError) as exc:
         # The file is gone (purged): our SR series UID is a function of study and weights.
         logger.warning("job %d: cannot read earlier SR %s (%s); assuming our series", claim.job_id, prior.sop_instance_uid, exc)
-        series, number = derived_uid("findings-series", claim.study_instance_uid, runner.identity.weights_sha256), 1
+        series, number = derived_uid("findings-series", claim.study_instance_uid, identity.weights_sha256), 1
     return PriorReport(prior.sop_instance_uid, series, prior.sop_class_uid), number + 1
 
 
@@ -549,7 +530,7 @@ def process_jobs(
 ) -> list[JobOutcome]:
     """Run the whole pipeline for claimed jobs; one outcome per job, in order.
 
-    Each job covers its whole study (see :class:`~dicomnode.store.queue.ClaimedJob`).
+    Each job covers its whole study (see :class:`~dicomnode.domain.ClaimedJob`).
     Undecodable images are skipped with a reason (recorded on the instance) and listed
     in the SR as not assessed, like the study's instances refused at receive time and the
     images the gate refuses. A study with no assessable image succeeds with no results
@@ -563,7 +544,7 @@ def process_jobs(
             path = files.absolute(instance.path)
             try:
                 source = dcmread(path)
-                slots[claim.job_id].append(prepare_image(source, runner, options.outputs.max_heatmap_side))
+                slots[claim.job_id].append(prepare_image(source, runner.manifest.preprocessing, options.outputs.max_heatmap_side))
                 continue
             except InferenceError as exc:
                 detail = str(exc)
@@ -599,7 +580,7 @@ def process_jobs(
 
     def _write(item: BuiltObject) -> Path:
         path = files.result_path(str(item.dataset.SOPInstanceUID))
-        files.write_atomic(path, item.encoded or encode_part10(item.dataset))
+        files.write_atomic(path, item.encoded)
         return path
 
     for claim in claims:
@@ -611,8 +592,11 @@ def process_jobs(
             analysed[claim.job_id][s.key] if isinstance(s, PreparedImage) else s for s in slots[claim.job_id]
         ]
         try:
-            predecessor, number = _prior_report(claim, files, runner)
-            built = build_study_outputs(entries, runner, options, predecessor=predecessor, sr_instance_number=number)
+            predecessor, number = _prior_report(claim, files, runner.identity)
+            built = build_study_outputs(
+                entries, runner.identity, runner.manifest.preprocessing, options,
+                predecessor=predecessor, sr_instance_number=number,
+            )  # fmt: skip
             outcome.results = write_outputs(built, _write, files)
             outcome.findings = build_findings(entries, built, runner.identity)
         except DicomNodeError as exc:
@@ -732,7 +716,7 @@ def analyse_files(paths: Sequence[Path], runner: ModelRunner, options: PipelineO
             item = NotAssessedImage(source, NotAssessedReason.HEADER_NOT_ACCEPTED, exc.reason)
         else:
             try:
-                item = prepare_image(source, runner, options.outputs.max_heatmap_side)
+                item = prepare_image(source, runner.manifest.preprocessing, options.outputs.max_heatmap_side)
             except InferenceError as exc:
                 item = NotAssessedImage(source, NotAssessedReason.UNDECODABLE, str(exc))
             except (OSError, ValueError, AttributeError, KeyError, TypeError) as exc:
@@ -753,9 +737,9 @@ def analyse_files(paths: Sequence[Path], runner: ModelRunner, options: PipelineO
         for slot, entry in zip(items, entries):
             slot_line[id(slot)].text = describe(entry)
         paths_out: list[Path] = []
-        for built in build_study_outputs(entries, runner, options):
+        for built in build_study_outputs(entries, runner.identity, runner.manifest.preprocessing, options):
             target = out_dir / f"{built.kind.value}-{built.dataset.SOPInstanceUID}.dcm"
-            target.write_bytes(built.encoded or encode_part10(built.dataset))
+            target.write_bytes(built.encoded)
             paths_out.append(target)
         report.written[study_uid] = paths_out
     return report

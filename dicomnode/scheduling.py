@@ -34,6 +34,7 @@ from dicomnode.store.files import FileStore
 if TYPE_CHECKING:
     from apscheduler.schedulers.background import BackgroundScheduler
 
+    from dicomnode.domain import NewResult
     from dicomnode.inference.runner import ModelRunner
 
 logger = logging.getLogger(__name__)
@@ -184,7 +185,7 @@ class NodeWorker:
                     report.failed += 1
                     logger.warning("job %d: attempt failed (%s): %s", outcome.claim.job_id, state, outcome.error)
 
-    def _discard(self, results: list[queue.NewResult]) -> None:
+    def _discard(self, results: list[NewResult]) -> None:
         for result in results:
             self.files.remove(self.files.absolute(result.path))
 

@@ -345,7 +345,7 @@ def predict(
     "not assessed: <reason>". Exit code 1 only when no file could be read as DICOM.
     """
     from dicomnode import logconfig
-    from dicomnode.node import load_runner
+    from dicomnode.inference.loading import load_runner
     from dicomnode.pipeline import PipelineOptions, analyse_files
 
     settings = settings_in_effect(ctx, {"model": {"name": model, "device": device, "explain": explain}})
@@ -353,7 +353,7 @@ def predict(
     # chatter (model loaded, ...) is left out unless DEBUG is asked for.
     logconfig.configure(settings.log_level if settings.log_level == "DEBUG" else "WARNING")
     try:
-        runner = load_runner(settings)
+        runner = load_runner(settings.model)
         options = PipelineOptions(
             settings.outputs, settings.model.batch_size, settings.model.explain, settings.model.out_of_population
         )

@@ -375,31 +375,3 @@ def _forward_backward(
         heatmaps[explained] = maps[explained]
     acts.clear()
     return CamBatch(logits.detach(), heatmaps, explained, labels)
-
-
-def gradcam(
-    model: nn.Module,
-    inputs: torch.Tensor,
-    target_indices: Sequence[int],
-    target: CamTarget | None = None,
-) -> np.ndarray:
-    """Grad-CAM of label ``target_indices[i]`` for image ``i``, batched.
-
-    Args:
-        model: classifier in eval mode.
-        inputs: ``(N, C, H, W)`` float tensor on the model's device.
-        target_indices: N label indices.
-        target: the CAM layer; None = :func:`find_cam_target` default.
-
-    Returns:
-        ``(N, H, W)`` float32 heatmaps in [0, 1].
-
-    Raises:
-        ModelError: no target layer can be found.
-        InferenceError: Grad-CAM failed (see :func:`explain_batch`).
-    """
-    indices = [int(i) for i in target_indices]
-    if len(indices) != inputs.shape[0]:
-        raise InferenceError(f"{len(indices)} target labels for {inputs.shape[0]} images")
-    cam_target = target if target is not None else find_cam_target(model)
-    return explain_batch(model, inputs, lambda _logits: indices, cam_target).heatmaps

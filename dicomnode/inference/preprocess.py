@@ -254,6 +254,31 @@ def resize_gray(gray: np.ndarray, size: int, mode: str = "squash") -> np.ndarray
     return src
 
 
+def unpad_heatmap(heatmap: np.ndarray, image_shape: tuple[int, ...], resize: str) -> np.ndarray:
+    """The part of a model-input-sized map that covers the image: undoes :func:`resize_gray`'s letterbox.
+
+    With ``resize="pad"`` the image was centred with its long side = S and black bars
+    around it; the bars are cropped off. ``"squash"`` maps cover the whole image as is.
+
+    Args:
+        heatmap: (S, S) map on the model input grid (e.g. a Grad-CAM).
+        image_shape: (H, W, ...) of the image the input was made from (any scale).
+        resize: the preprocessing's resize mode, ``"squash"`` or ``"pad"``.
+
+    Returns:
+        (h, W') view of ``heatmap`` with the image's aspect ratio (``heatmap`` itself for
+        ``"squash"``).
+    """
+    if resize != "pad":
+        return heatmap
+    size = heatmap.shape[0]
+    height, width = image_shape[:2]
+    scale = size / max(height, width)
+    nh, nw = max(1, round(height * scale)), max(1, round(width * scale))
+    top, left = (size - nh) // 2, (size - nw) // 2
+    return heatmap[top : top + nh, left : left + nw]
+
+
 def gray_to_input(gray: np.ndarray, pre: Preprocessing) -> np.ndarray:
     """Turn a gray image into the model's input array.
 

@@ -84,7 +84,12 @@ def resolve_manifest(name_or_path: str, directory: Path | None = None) -> Loaded
 
 
 def is_cnn(architecture: str) -> bool:
-    """True for convolutional families (channels_last helps them on CPU and GPU)."""
+    """True for convolutional families (channels_last helps them on CPU and GPU).
+
+    The package's one answer to "is this a CNN": it reads the manifest's architecture
+    name, so it is known before a model is built (``create_model`` needs it for the
+    ViT ``img_size``) and training, evaluation and serving agree on it.
+    """
     arch = architecture.lower()
     return not any(k in arch for k in ("vit", "deit", "swin", "beit", "eva", "mixer", "xcit"))
 
@@ -123,18 +128,23 @@ def load_model(
 
     Args:
         loaded: a manifest with its folder (:func:`resolve_manifest`).
-        device: torch device.
+        device: a torch device or a device setting (see
+            :func:`~dicomnode.inference.loading.select_device`).
         verify_sha256: check the weights file against ``manifest.weights_sha256``.
 
     Returns:
         The model, ``eval()``, on ``device`` (channels_last for CNNs).
 
     Raises:
+        ConfigError: a device setting that is invalid or not available.
         ModelError: missing weights, sha256 mismatch, or weights that do not fit.
     """
     import torch
     from safetensors.torch import load_file
 
+    from dicomnode.inference.loading import select_device
+
+    torch_device = select_device(device)
     manifest = loaded.manifest
     weights = loaded.weights_path
     if not weights.is_file():
@@ -153,8 +163,8 @@ def load_model(
     except Exception as exc:  # safetensors and torch raise several types
         raise ModelError(f"cannot load weights {weights} into {manifest.architecture}: {exc}") from exc
     model.eval()
-    model.to(torch.device(device))
+    model.to(torch_device)
     if is_cnn(manifest.architecture):
         model.to(memory_format=torch.channels_last)
-    logger.info("loaded model %s (%s) on %s", manifest.name, manifest.architecture, device)
+    logger.info("loaded model %s (%s) on %s", manifest.name, manifest.architecture, torch_device)
     return model

@@ -12,7 +12,6 @@ A runner is not thread-safe; use one per worker.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -27,44 +26,14 @@ from dicomnode.errors import ConfigError, DicomNodeError, InferenceError, ModelE
 from dicomnode.explain.gradcam import CamTarget, Chooser, explain_batch, find_cam_target
 from dicomnode.inference.calibration import calibrated_probabilities
 from dicomnode.inference.gate import InputGate, capture_pre_logits, classifier_of, pooled_features
+from dicomnode.inference.loading import select_device
 from dicomnode.inference.manifest import LoadedManifest, ModelManifest
+from dicomnode.inference.registry import is_cnn, load_model
 
 if TYPE_CHECKING:
     from dicomnode.explain.gradcam import CamBatch
 
 logger = logging.getLogger(__name__)
-
-_CUDA_SPEC = re.compile(r"^cuda(:(\d+))?$")
-
-
-def select_device(spec: str = "auto") -> torch.device:
-    """Turn a device setting into a torch device.
-
-    Args:
-        spec: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or
-            ``"cuda:N"``.
-
-    Raises:
-        ConfigError: unknown value, or CUDA asked for but not available / no such GPU.
-    """
-    value = spec.strip().lower()
-    if value == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if value == "cpu":
-        return torch.device("cpu")
-    match = _CUDA_SPEC.match(value)
-    if match is None:
-        raise ConfigError(f'invalid device {spec!r}: use "auto", "cpu", "cuda" or "cuda:N"')
-    if not torch.cuda.is_available():
-        raise ConfigError(f"device {spec!r} requested but CUDA is not available")
-    if match.group(2) is not None:
-        index = int(match.group(2))
-        count = torch.cuda.device_count()
-        if index >= count:
-            raise ConfigError(f"device {spec!r} requested but only {count} CUDA device(s) exist")
-        return torch.device("cuda", index)
-    return torch.device("cuda")
-
 
 @dataclass
 class BatchAnalysis:
@@ -81,22 +50,6 @@ class BatchAnalysis:
     predictions: list[Prediction]
     heatmaps: list[np.ndarray | None]
     verdicts: list[GateVerdict]
-
-
-def _is_cnn(model: nn.Module) -> bool:
-    """True for convolutional backbones (channels_last pays off for them).
-
-    ViT-like models have one patch-embedding convolution and are left alone.
-    """
-    if hasattr(model, "patch_embed"):
-        return False
-    convs = 0
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            convs += 1
-            if convs > 1:
-                return True
-    return False
 
 
 class ModelRunner:
@@ -128,7 +81,7 @@ class ModelRunner:
         self.gate = gate
         self.device = device
         self.thresholds = _merge_thresholds(manifest, thresholds)
-        self._channels_last = _is_cnn(model)
+        self._channels_last = is_cnn(manifest.architecture)
         try:
             model = model.to(device).eval()
             if self._channels_last:
@@ -164,7 +117,7 @@ class ModelRunner:
 
         Args:
             loaded: manifest and folder (``registry.resolve_manifest``).
-            device: see :func:`select_device`.
+            device: see :func:`~dicomnode.inference.loading.select_device`.
             thresholds: per-label overrides, see :class:`ModelRunner`.
 
         Raises:
@@ -172,8 +125,6 @@ class ModelRunner:
             ModelError: the weights (or the gate file) are missing, do not match their
                 sha256 or the architecture.
         """
-        from dicomnode.inference.registry import load_model
-
         torch_device = select_device(device)
         model = load_model(loaded, torch_device, verify_sha256=True)
         gate = InputGate.load(loaded, verify_sha256=True)

@@ -1,7 +1,8 @@
 """Evaluate one or more registered models on a labelled dataset.
 
-Each model is applied with its own manifest preprocessing, calibration and decision
-threshold (the probabilities are the ones the node would report); the report holds AUC,
+Each model predicts through the serving :class:`~dicomnode.inference.runner.ModelRunner`
+(same preprocessing, precision, calibration and decision thresholds as ``serve``: the
+probabilities are the ones the node would report); the report holds AUC,
 accuracy, sensitivity and specificity with bootstrap 95% CIs (patients resampled when the
 data carries a patient key),
 precision, F1, the confusion counts and ECE (binary heads), or per-finding AUCs
@@ -16,13 +17,16 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dicomnode.errors import DataError
 from dicomnode.training import metrics
 from dicomnode.training.datasets import DataFormat, LabeledImages, Split, select_split
+
+if TYPE_CHECKING:
+    from dicomnode.inference.runner import ModelRunner
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +90,43 @@ def align_labels(data: LabeledImages, labels: tuple[str, ...], model_name: str) 
     return np.asarray(columns)
 
 
+def predict_dataset(
+    runner: ModelRunner, data: LabeledImages, *, batch_size: int = 64, progress: bool = False
+) -> np.ndarray:
+    """The probabilities the node would report for every image of ``data``.
+
+    Images go through the serving preprocessing (``preprocess.gray_to_input`` with the
+    manifest's settings) and :meth:`ModelRunner.predict` (float32, calibrated).
+
+    Args:
+        runner: the loaded model.
+        data: labelled images.
+        batch_size: images per forward pass.
+        progress: progress bar on stderr.
+
+    Returns:
+        (N, L) float32, row ``i`` for image ``i``, columns in ``runner.labels`` order.
+
+    Raises:
+        DataError: an image cannot be read.
+        InferenceError: the forward pass failed.
+    """
+    from dicomnode.training.loop import _bar, batch_inputs
+
+    pre = runner.manifest.preprocessing
+    out = np.empty((len(data), len(runner.labels)), dtype=np.float32)
+    bar = _bar(total=len(data), desc="predict", unit="img") if progress else None
+    for start in range(0, len(data), batch_size):
+        idx = np.arange(start, min(len(data), start + batch_size))
+        predictions = runner.predict(batch_inputs(data, idx, pre, None, None))
+        out[idx] = [p.probabilities for p in predictions]
+        if bar is not None:
+            bar.update(len(idx))
+    if bar is not None:
+        bar.close()
+    return out
+
+
 def evaluate_models(
     models: list[str],
     data_path: Path,
@@ -115,7 +156,7 @@ def evaluate_models(
         images_dir: image folder for the CSV formats.
         out: folder for ``report.json``, predictions and plots (None: nothing written).
         batch_size: inference batch size.
-        device: torch device.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         n_boot: bootstrap resamples for the 95 % CIs of AUC, accuracy, sensitivity and
             specificity (patients are resampled when the data carries a patient key; the
             bootstrap seed is ``seed``, as in training).
@@ -125,11 +166,13 @@ def evaluate_models(
         Per-model reports and predictions.
 
     Raises:
+        ConfigError: bad device.
         ModelError: a model cannot be resolved or loaded.
         DataError: the dataset cannot be read, or labels do not match.
+        InferenceError: a forward pass failed.
     """
-    from dicomnode.inference.registry import is_cnn, load_model, resolve_manifest
-    from dicomnode.training.loop import predict_probs
+    from dicomnode.inference.registry import resolve_manifest
+    from dicomnode.inference.runner import ModelRunner
 
     if not models:
         raise DataError("no model to evaluate")
@@ -148,18 +191,9 @@ def evaluate_models(
         manifest = item.manifest
         name = manifest.name if manifest.name not in names_seen else f"{manifest.name}@{item.folder}"
         names_seen.add(name)
-        model = load_model(item, device)
+        runner = ModelRunner.from_loaded(item, device=device)
         columns = align_labels(data, manifest.labels, name)
-        probs, _ = predict_probs(
-            model,
-            data,
-            manifest.preprocessing,
-            calibration=manifest.calibration,
-            batch_size=batch_size,
-            device=device,
-            channels_last=is_cnn(manifest.architecture),
-            progress=progress,
-        )
+        probs = predict_dataset(runner, data, batch_size=batch_size, progress=progress)
         targets = data.targets[:, columns]
         report: dict[str, Any] = {"model": name, "architecture": manifest.architecture}
         if len(manifest.labels) == 1:

@@ -182,9 +182,9 @@ def fit_gate(config: GateFitConfig) -> GateFitResult:
         layout_vectors,
         write_params,
     )
+    from dicomnode.inference.loading import select_device
     from dicomnode.inference.manifest import GateSpec, write_manifest
     from dicomnode.inference.registry import load_model, resolve_manifest
-    from dicomnode.inference.runner import select_device
     from dicomnode.training.datasets import DataFormat, Split, select_split
 
     loaded = resolve_manifest(config.model)

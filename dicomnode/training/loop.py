@@ -184,14 +184,6 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _resolve_device(name: str) -> torch.device:
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def make_preprocessing(config: TrainConfig) -> Preprocessing:
     """Input size, channels and normalisation of the run (ImageNet mean/std for 3 channels)."""
     mean: tuple[float, ...]
@@ -251,6 +243,9 @@ def predict_probs(
     """
     import torch
 
+    from dicomnode.inference.loading import select_device
+
+    device = select_device(device)
     model.eval()
     logits: list[np.ndarray] = []
     n = len(data)
@@ -261,7 +256,7 @@ def predict_probs(
             x = torch.from_numpy(batch_inputs(data, idx, pre, None, None)).to(device)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with _autocast(torch.device(device)):
+            with _autocast(device):
                 y = model(x)
             logits.append(y.float().cpu().numpy())
             if bar is not None:
@@ -382,6 +377,7 @@ def train(config: TrainConfig) -> TrainResult:
     """
     import torch
 
+    from dicomnode.inference.loading import select_device
     from dicomnode.inference.registry import create_model, is_cnn
     from dicomnode.training.init import initialise
 
@@ -391,7 +387,7 @@ def train(config: TrainConfig) -> TrainResult:
     out = config.out
     out.mkdir(parents=True, exist_ok=True)
     _seed_everything(config.seed)
-    device = _resolve_device(config.device)
+    device = select_device(config.device)
     train_data, val_data, split = prepare_data(config)
     labels = train_data.labels
     if train_data.positives().min() == 0:

@@ -26,7 +26,7 @@ from dicomnode.errors import DataError, ModelError
 from dicomnode.inference.manifest import ModelManifest, SiteValidation, sha256_file, write_manifest
 from dicomnode.training import metrics
 from dicomnode.training.calibrate import jsonable
-from dicomnode.training.datasets import DataFormat, LabeledImages, Split, select_split
+from dicomnode.training.datasets import DataFormat, Split, select_split
 
 logger = logging.getLogger(__name__)
 
@@ -52,42 +52,6 @@ def site_slug(text: str, limit: int = 16) -> str:
     """A short ``[a-z0-9-]`` tag for the version suffix, e.g. ``"Hospital A/2025"`` -> ``"hospital-a-2025"``."""
     slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-")
     return slug or "site"
-
-
-def site_probabilities(
-    loaded_model: Any, data: LabeledImages, *, batch_size: int = 16, progress: bool = False
-) -> np.ndarray:
-    """First-label probabilities the node would report for each image, (N,) float32.
-
-    Args:
-        loaded_model: a :class:`~dicomnode.inference.runner.ModelRunner`.
-        data: the site images (files go through the serving preprocessing).
-        batch_size: images per forward pass.
-        progress: progress bar on stderr.
-
-    Raises:
-        DataError: an image cannot be read.
-        InferenceError: the forward pass failed.
-    """
-    from dicomnode.inference.preprocess import gray_to_input
-
-    pre = loaded_model.manifest.preprocessing
-    out = np.empty(len(data), dtype=np.float32)
-    bar = None
-    if progress:
-        from dicomnode.training.loop import _bar
-
-        bar = _bar(total=len(data), desc="site", unit="img")
-    for start in range(0, len(data), batch_size):
-        idx = range(start, min(len(data), start + batch_size))
-        batch = np.stack([gray_to_input(data.gray(i), pre) for i in idx]).astype(np.float32)
-        for i, prediction in zip(idx, loaded_model.predict(batch)):
-            out[i] = prediction.probabilities[0]
-        if bar is not None:
-            bar.update(len(idx))
-    if bar is not None:
-        bar.close()
-    return out
 
 
 def site_threshold(
@@ -132,7 +96,7 @@ def site_threshold(
     """
     from dicomnode.inference.registry import resolve_manifest
     from dicomnode.inference.runner import ModelRunner
-    from dicomnode.training.evaluate import align_labels
+    from dicomnode.training.evaluate import align_labels, predict_dataset
 
     if out.exists():
         raise DataError(f"{out} already exists: site-threshold writes a new model folder and never overwrites one")
@@ -153,7 +117,7 @@ def site_threshold(
         )
     metrics.choose_threshold(np.array([0.0, 1.0]), np.array([0.2, 0.8]), policy)  # reject a bad policy early
     runner = ModelRunner.from_loaded(loaded, device=device)
-    probs = site_probabilities(runner, data, batch_size=batch_size, progress=progress)
+    probs = predict_dataset(runner, data, batch_size=batch_size, progress=progress)[:, 0]
     new_threshold = metrics.choose_threshold(y, probs, policy)
     at_new = metrics.binary_report(y, probs, new_threshold, n_boot=n_boot, seed=seed, groups=data.groups)
     at_source = metrics.binary_report(y, probs, source.thresholds[0], n_boot=n_boot, seed=seed, groups=data.groups)

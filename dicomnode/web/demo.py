@@ -81,15 +81,16 @@ class DemoModels:
         Raises:
             ModelError: ``name`` is not a shipped model or its weights cannot be loaded.
         """
+        from dicomnode.config import ModelSettings
         from dicomnode.errors import ModelError
-        from dicomnode.inference.registry import resolve_manifest
-        from dicomnode.inference.runner import ModelRunner
+        from dicomnode.inference.loading import load_runner
 
         if name not in model_names():
             raise ModelError(f"unknown model {name!r}")
         with self._lock:
             if name not in self._runners:
-                self._runners[name] = ModelRunner.from_loaded(resolve_manifest(name), device=self.device)
+                # the manifest's own thresholds: the node's overrides belong to the served model
+                self._runners[name] = load_runner(ModelSettings(name=name, device=self.device))
             return self._runners[name]
 
     def analyse(self, name: str, content: bytes) -> DemoResult:
@@ -100,8 +101,8 @@ class DemoModels:
             ModelError: see :meth:`runner`.
         """
         from dicomnode.explain.render import render_overlay
-        from dicomnode.inference.preprocess import gray_to_input
-        from dicomnode.pipeline import legend_lines, unpad_heatmap
+        from dicomnode.inference.preprocess import gray_to_input, unpad_heatmap
+        from dicomnode.pipeline import legend_lines
 
         runner = self.runner(name)
         gray = upload_to_gray(content)
@@ -118,7 +119,7 @@ class DemoModels:
         shown_heat = None
         if heatmap is not None and positive and verdict.assessable:
             shown_heat = unpad_heatmap(heatmap, gray.shape, runner.manifest.preprocessing.resize)
-        picture = render_overlay(gray, shown_heat, max_side=DEMO_MAX_SIDE, legend=legend_lines(prediction, runner))
+        picture = render_overlay(gray, shown_heat, max_side=DEMO_MAX_SIDE, legend=legend_lines(prediction, runner.identity))
         from dicomnode.web.images import array_to_png
 
         identity = runner.identity

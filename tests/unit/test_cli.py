@@ -265,7 +265,7 @@ def _node_with_work(data_dir: Path) -> dict[str, int]:
         job ids by what they are: ``failed`` (the FAILED job) and ``done`` (the results' job).
     """
     from dicomnode.config import StoreSettings
-    from dicomnode.domain import InstanceState, ResultKind
+    from dicomnode.domain import InstanceState, NewResult, ResultKind
     from dicomnode.store import queue
     from dicomnode.store.db import make_engine, make_sessionmaker
 
@@ -284,8 +284,8 @@ def _node_with_work(data_dir: Path) -> dict[str, int]:
         queue.fail_job(session, failed, "cannot decode", max_attempts=1, backoff_s=1, now=now)
         sr = "1.2.840.10008.5.1.4.1.1.88.33"
         queue.complete_job(session, done, [
-            queue.NewResult(ResultKind.FINDINGS_SR, "2.25.1", sr, "results/a.dcm"),
-            queue.NewResult(ResultKind.FINDINGS_SR, "2.25.2", sr, "results/b.dcm"),
+            NewResult(ResultKind.FINDINGS_SR, "2.25.1", sr, "results/a.dcm"),
+            NewResult(ResultKind.FINDINGS_SR, "2.25.2", sr, "results/b.dcm"),
         ], now=now)
         first, second = queue.due_results(session, now=now, limit=2)
         queue.mark_result_failed(session, first.result_id, "0xA700", max_attempts=1, backoff_s=1,

@@ -20,7 +20,16 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.config import OutputSettings, StoreSettings
-from dicomnode.domain import GateVerdict, InstanceState, JobState, NotAssessedReason, ResultKind
+from dicomnode.domain import (
+    ClaimedInstance,
+    ClaimedJob,
+    GateVerdict,
+    InstanceState,
+    JobState,
+    NewResult,
+    NotAssessedReason,
+    ResultKind,
+)
 from dicomnode.inference.manifest import IntendedPopulation
 from dicomnode.inference.registry import resolve_manifest
 from dicomnode.inference.runner import BatchAnalysis, ModelRunner
@@ -30,7 +39,7 @@ from dicomnode.store import queue
 from dicomnode.store.db import make_engine, make_sessionmaker
 from dicomnode.store.files import FileStore
 from dicomnode.store.models import Job, Result
-from dicomnode.store.queue import ClaimedInstance, ClaimedJob, utcnow
+from dicomnode.store.queue import utcnow
 from dicomnode.training.datasets import NIH_FINDINGS
 from tests.helpers import make_cxr_dataset, make_tiny_model
 
@@ -112,7 +121,7 @@ def _value(item: Dataset) -> tuple[str, str]:
     return str(code.CodeValue), str(code.CodingSchemeDesignator)
 
 
-def _sr(files: FileStore, results: list[queue.NewResult]) -> Dataset:
+def _sr(files: FileStore, results: list[NewResult]) -> Dataset:
     (sr,) = [r for r in results if r.kind == ResultKind.FINDINGS_SR]
     return dcmread(files.absolute(sr.path))
 
@@ -233,7 +242,7 @@ def test_late_image_supersedes_the_earlier_report(tmp_path: Path, runner: ModelR
             )  # fmt: skip
         return stored.sop_instance_uid
 
-    def run(now: datetime) -> list[queue.NewResult]:
+    def run(now: datetime) -> list[NewResult]:
         with sessions.begin() as session:
             queue.mark_stable(session, stable_after_s=1, now=now)
             (claim,) = queue.claim_batch(session, limit=5, now=now, worker="w")

@@ -11,12 +11,18 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from dicomnode.config import OutputSettings
-from dicomnode.domain import FindingDecision, NotAssessedReason, ResultKind
+from dicomnode.domain import (
+    ClaimedInstance,
+    ClaimedJob,
+    FindingDecision,
+    NotAssessedReason,
+    ResultKind,
+)
 from dicomnode.inference.registry import resolve_manifest
 from dicomnode.inference.runner import ModelRunner
 from dicomnode.pipeline import PipelineOptions, analyse_files, process_jobs
 from dicomnode.store.files import FileStore
-from dicomnode.store.queue import ClaimedInstance, ClaimedJob, utcnow
+from dicomnode.store.queue import utcnow
 from tests.helpers import make_cxr_dataset, make_tiny_model
 
 
@@ -125,11 +131,22 @@ def test_analyse_files_groups_by_study(tmp_path: Path, runner: ModelRunner) -> N
     assert [line.name for line in report.lines] == ["in1.dcm", "in2.dcm"] and report.processed == 2
 
 
-def test_unpad_heatmap_crops_the_letterbox() -> None:
-    from dicomnode.pipeline import unpad_heatmap
+def test_builders_need_only_the_model_identity_and_preprocessing() -> None:
+    """No torch model: SC + SR from an analysis, identity and preprocessing; bytes validated at build."""
+    from io import BytesIO
 
-    heat = np.zeros((64, 64), np.float32)
-    heat[16:48, :] = 1.0  # a 2:1 wide image letterboxed into 64x64 fills rows 16..47
-    cropped = unpad_heatmap(heat, (100, 200), "pad")
-    assert cropped.shape == (32, 64) and float(cropped.min()) == 1.0
-    assert unpad_heatmap(heat, (100, 200), "squash") is heat
+    from dicomnode.domain import GateVerdict, ModelIdentity, Prediction
+    from dicomnode.inference.manifest import Preprocessing
+    from dicomnode.pipeline import ImageAnalysis, build_study_outputs, legend_lines, prepare_image
+
+    identity = ModelIdentity("unit", "1.2.3", "test_resnet", "ab" * 32)
+    pre = Preprocessing(input_size=32, in_chans=3, mean=(0.5,) * 3, std=(0.25,) * 3, resize="pad")
+    image = prepare_image(make_cxr_dataset(rows=64, cols=96), pre, max_side=256)
+    assert image.model_input.shape == (3, 32, 32)
+    prediction = Prediction(("pneumonia",), (0.9,), (0.5,))
+    analysis = ImageAnalysis(image, prediction, {0: np.ones((32, 32), np.float32)}, GateVerdict.accepted())
+    assert "Model unit v1.2.3 (test_resnet)" in legend_lines(prediction, identity)
+    built = build_study_outputs([analysis], identity, pre, PipelineOptions(OutputSettings()))
+    assert [b.kind for b in built] == [ResultKind.HEATMAP_SC, ResultKind.FINDINGS_SR]
+    for item in built:
+        assert dcmread(BytesIO(item.encoded)).SOPInstanceUID == item.dataset.SOPInstanceUID

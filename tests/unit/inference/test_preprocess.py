@@ -20,6 +20,7 @@ from dicomnode.inference.preprocess import (
     gray_to_input,
     image_file_to_gray,
     resize_gray,
+    unpad_heatmap,
 )
 from tests.helpers import make_cxr_dataset, require_shared_data
 
@@ -153,6 +154,17 @@ def test_pad_mode_letterboxes_and_keeps_aspect() -> None:
     x = gray_to_input(gray, PRE1)
     assert x.shape == (1, 48, 48)
     assert x[0, 24, 0] == pytest.approx(-2.0)  # (0 - 0.5) / 0.25
+
+
+@pytest.mark.parametrize("shape", [(100, 200), (200, 100), (37, 101), (64, 64)])
+def test_unpad_heatmap_crops_exactly_the_letterbox(shape: tuple[int, int]) -> None:
+    """A map on the padded input grid, cropped back, covers the image and none of the bars."""
+    padded = resize_gray(np.ones(shape, dtype=np.float32), 64, "pad")
+    cropped = unpad_heatmap(padded, shape, "pad")
+    assert float(cropped.min()) > 0.99
+    assert cropped.size == int(np.count_nonzero(padded > 0.5))
+    assert cropped.shape[1] / cropped.shape[0] == pytest.approx(shape[1] / shape[0], rel=0.05)
+    assert unpad_heatmap(padded, shape, "squash") is padded
 
 
 def test_big_16_bit_image_is_held_in_few_copies() -> None:

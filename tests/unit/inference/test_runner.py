@@ -1,4 +1,4 @@
-"""ModelRunner: device selection, predictions vs a manual sigmoid, thresholds, Grad-CAM, leaks."""
+"""ModelRunner: GPU vs CPU, predictions vs a manual sigmoid, thresholds, Grad-CAM, leaks."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from torch import nn
 
 from dicomnode.domain import ModelIdentity
 from dicomnode.errors import ConfigError, InferenceError
+from dicomnode.inference.loading import select_device
 from dicomnode.inference.manifest import ModelManifest, Preprocessing
-from dicomnode.inference.runner import ModelRunner, select_device
+from dicomnode.inference.runner import ModelRunner
 
 SIZE = 64
 
@@ -63,24 +64,6 @@ def _rss_bytes() -> int:
 
 
 # -- devices ------------------------------------------------------------------
-
-
-def test_select_device() -> None:
-    assert select_device("cpu") == torch.device("cpu")
-    assert select_device(" CPU ") == torch.device("cpu")
-    expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert select_device("auto").type == expected
-    assert select_device().type == expected
-    for bad in ("gpu", "cuda:x", "cuda:-1", "mps", ""):
-        with pytest.raises(ConfigError):
-            select_device(bad)
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without CUDA")
-def test_cuda_without_gpu_is_a_config_error() -> None:
-    for spec in ("cuda", "cuda:0"):
-        with pytest.raises(ConfigError, match="not available"):
-            select_device(spec)
 
 
 @pytest.mark.gpu

@@ -8,7 +8,16 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicomnode.domain import InstanceState, JobState, NotAssessedReason, OutboxState, ResultKind
+from dicomnode.domain import (
+    ClaimedJob,
+    InstanceState,
+    JobState,
+    NewResult,
+    NotAssessedReason,
+    OutboxState,
+    PriorResult,
+    ResultKind,
+)
 from dicomnode.store import queue
 from dicomnode.store.models import Instance, Job, Result
 
@@ -89,7 +98,7 @@ def test_claim_is_exclusive_and_skips_skipped_instances(sessions: sessionmaker[S
     assert [i.sop_instance_uid for i in first[0].instances] == ["1.2.3.1.1"]
 
 
-def _ready_and_claim(sessions: sessionmaker[Session], now: datetime) -> queue.ClaimedJob:
+def _ready_and_claim(sessions: sessionmaker[Session], now: datetime) -> ClaimedJob:
     with sessions.begin() as session:
         _record(session, "1.2.3.1.1", now=now)
         queue.mark_stable(session, stable_after_s=1, now=now + timedelta(seconds=2))
@@ -121,7 +130,7 @@ def test_expired_lease_requeues_and_stale_claim_cannot_complete(sessions: sessio
         assert queue.requeue_expired(session, lease_s=60, now=T0 + timedelta(seconds=120)) == 1
     with sessions.begin() as session:
         reclaimed = queue.claim_batch(session, limit=1, now=T0 + timedelta(seconds=121), worker="w2")
-    result = queue.NewResult(ResultKind.FINDINGS_SR, "9.9.9", "1.2.840.10008.5.1.4.1.1.88.33", "results/x.dcm")
+    result = NewResult(ResultKind.FINDINGS_SR, "9.9.9", "1.2.840.10008.5.1.4.1.1.88.33", "results/x.dcm")
     with sessions.begin() as session:
         assert queue.complete_job(session, claim, [result], now=T0 + timedelta(seconds=122)) is False
         assert queue.complete_job(session, reclaimed[0], [result], now=T0 + timedelta(seconds=122)) is True
@@ -132,8 +141,8 @@ def test_expired_lease_requeues_and_stale_claim_cannot_complete(sessions: sessio
 def test_outbox_retry_then_sent_marks_job_sent(sessions: sessionmaker[Session]) -> None:
     claim = _ready_and_claim(sessions, T0)
     results = [
-        queue.NewResult(ResultKind.HEATMAP_SC, "9.9.1", "1.2.840.10008.5.1.4.1.1.7", "results/a.dcm"),
-        queue.NewResult(ResultKind.FINDINGS_SR, "9.9.2", "1.2.840.10008.5.1.4.1.1.88.33", "results/b.dcm"),
+        NewResult(ResultKind.HEATMAP_SC, "9.9.1", "1.2.840.10008.5.1.4.1.1.7", "results/a.dcm"),
+        NewResult(ResultKind.FINDINGS_SR, "9.9.2", "1.2.840.10008.5.1.4.1.1.88.33", "results/b.dcm"),
     ]
     with sessions.begin() as session:
         assert queue.complete_job(session, claim, results, now=T0 + timedelta(seconds=5))
@@ -157,7 +166,7 @@ def test_outbox_retry_then_sent_marks_job_sent(sessions: sessionmaker[Session]) 
 
 def test_send_failure_exhausts_to_failed_and_retry_resets(sessions: sessionmaker[Session]) -> None:
     claim = _ready_and_claim(sessions, T0)
-    result = queue.NewResult(ResultKind.FINDINGS_SR, "9.9.2", "1.2.840.10008.5.1.4.1.1.88.33", "results/b.dcm")
+    result = NewResult(ResultKind.FINDINGS_SR, "9.9.2", "1.2.840.10008.5.1.4.1.1.88.33", "results/b.dcm")
     with sessions.begin() as session:
         queue.complete_job(session, claim, [result], now=T0)
         item = queue.due_results(session, now=T0, limit=1)[0]
@@ -178,7 +187,7 @@ def test_retry_requeues_failed_jobs_and_makes_backed_off_sends_due(sessions: ses
         _record(session, "1.2.9.1", study="1.2.9", now=T0)
         queue.mark_stable(session, stable_after_s=1, now=T0 + timedelta(seconds=5))
         other = queue.claim_batch(session, limit=1, now=T0 + timedelta(seconds=5), worker="w")[0]
-        result = queue.NewResult(ResultKind.FINDINGS_SR, "9.9.3", "1.2.840.10008.5.1.4.1.1.88.33", "results/c.dcm")
+        result = NewResult(ResultKind.FINDINGS_SR, "9.9.3", "1.2.840.10008.5.1.4.1.1.88.33", "results/c.dcm")
         queue.complete_job(session, other, [result], now=T0)
         item = queue.due_results(session, now=T0, limit=1)[0]
         queue.mark_result_failed(session, item.result_id, "peer down", max_attempts=5, backoff_s=600,
@@ -225,7 +234,7 @@ def test_claims_of_dead_local_workers_are_requeued_at_once(sessions: sessionmake
 
 def test_later_job_claims_the_whole_study_and_the_latest_report(sessions: sessionmaker[Session]) -> None:
     claim = _ready_and_claim(sessions, T0)
-    sr = queue.NewResult(ResultKind.FINDINGS_SR, "1.2.3.9.1", "1.2.840.10008.5.1.4.1.1.88.33", "results/sr1.dcm")
+    sr = NewResult(ResultKind.FINDINGS_SR, "1.2.3.9.1", "1.2.840.10008.5.1.4.1.1.88.33", "results/sr1.dcm")
     with sessions.begin() as session:
         _record(session, "1.2.3.1.2", now=T0 + timedelta(seconds=3))  # a new job: the first is RUNNING
         _record(session, "1.2.3.1.3", state=InstanceState.SKIPPED, now=T0 + timedelta(seconds=3))
@@ -239,7 +248,7 @@ def test_later_job_claims_the_whole_study_and_the_latest_report(sessions: sessio
     assert [i.sop_instance_uid for i in later.instances] == ["1.2.3.1.1", "1.2.3.1.2"]
     (refused,) = later.refused
     assert (refused.sop_instance_uid, refused.reason, refused.detail) == ("1.2.3.1.3", "header_not_accepted", "not a chest")
-    assert later.predecessor == queue.PriorResult("1.2.3.9.1", sr.sop_class_uid, sr.path)
+    assert later.predecessor == PriorResult("1.2.3.9.1", sr.sop_class_uid, sr.path)
     # the same result UID recorded again (an unchanged SC) is not duplicated
     with sessions.begin() as session:
         assert queue.complete_job(session, later, [sr], now=T0 + timedelta(seconds=8))

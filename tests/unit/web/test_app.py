@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.testclient import TestClient
 
 from dicomnode.config import HttpSettings, OutputSettings
-from dicomnode.domain import FindingDecision, InstanceState, JobState, NotAssessedReason
+from dicomnode.domain import FindingDecision, InstanceState, JobState, NewFinding, NotAssessedReason
 from dicomnode.inference.registry import resolve_manifest
 from dicomnode.inference.runner import ModelRunner
 from dicomnode.pipeline import PipelineOptions, process_jobs
@@ -108,11 +108,11 @@ def test_complete_job_records_one_finding_per_image_and_label(node: Node) -> Non
 
 def test_new_finding_requires_a_reason_exactly_when_not_assessed() -> None:
     with pytest.raises(ValueError, match="not_assessed_reason"):
-        queue.NewFinding("1.2", None, FindingDecision.NOT_ASSESSED, "m", "1")
+        NewFinding("1.2", None, FindingDecision.NOT_ASSESSED, "m", "1")
     with pytest.raises(ValueError, match="not_assessed_reason"):
-        queue.NewFinding("1.2", "x", FindingDecision.ABSENT, "m", "1", not_assessed_reason=NotAssessedReason.UNDECODABLE)
+        NewFinding("1.2", "x", FindingDecision.ABSENT, "m", "1", not_assessed_reason=NotAssessedReason.UNDECODABLE)
     with pytest.raises(ValueError, match="outside"):
-        queue.NewFinding("1.2", "x", FindingDecision.ABSENT, "m", "1", probability=1.5)
+        NewFinding("1.2", "x", FindingDecision.ABSENT, "m", "1", probability=1.5)
 
 
 def test_api_lists_and_filters_studies(node: Node) -> None:
