@@ -35,6 +35,8 @@ def main() -> None:
     parser.add_argument("--cols", type=int, default=2048)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--explain", default="all", choices=["all", "positive"])
+    parser.add_argument("--workers", default="auto",
+                        help='pipeline processes for decoding and building ("auto" = one per CPU, 0 = inline)')
     parser.add_argument("--profile", type=Path, help="write a cProfile of the pipeline part to this file")
     args = parser.parse_args()
 
@@ -51,13 +53,15 @@ def main() -> None:
     from dicomnode.store.files import FileStore
     from dicomnode.domain import ClaimedInstance, ClaimedJob
     from dicomnode.store.queue import utcnow
+    from dicomnode.workpool import open_pool, pool_size
     from pydicom import dcmread
 
+    workers = "auto" if args.workers == "auto" else int(args.workers)
     runner = ModelRunner.from_loaded(resolve_manifest(args.model), device=args.device)
     identity = runner.identity
     print(f"# pipeline: model {identity.name} ({identity.architecture}) on {runner.device}, "
           f"batch {args.batch_size}, {args.images} images {args.rows}x{args.cols} 16-bit, "
-          f"torch threads {torch.get_num_threads()}")
+          f"torch threads {torch.get_num_threads()}, pipeline processes {pool_size(workers)}")
     with tempfile.TemporaryDirectory(prefix="dicomnode-bench-") as tmp:
         work = Path(tmp)
         sources = write_dx_files(work / "src", args.images, args.rows, args.cols)
@@ -75,7 +79,9 @@ def main() -> None:
 
         # Warm-up (allocator, first-call costs, imports).
         runner.predict_and_explain(batches[0])
-        process_jobs(claims[: args.batch_size], runner, files, PipelineOptions(OutputSettings(), args.batch_size, args.explain))
+        pool = open_pool(workers)
+        # spawns the pool's processes too; the timed run reuses them
+        process_jobs(claims[: args.batch_size], runner, files, PipelineOptions(OutputSettings(), args.batch_size, args.explain), pool)
 
         start = time.perf_counter()
         for batch in batches:
@@ -101,11 +107,12 @@ def main() -> None:
         if profiler:
             profiler.enable()
         for i in range(0, len(claims), args.batch_size):
-            outcomes = process_jobs(claims[i : i + args.batch_size], runner, files, options)
+            outcomes = process_jobs(claims[i : i + args.batch_size], runner, files, options, pool)
             failed = [o.error for o in outcomes if o.error]
             if failed:
                 raise SystemExit(f"pipeline failed: {failed[0]}")
         pipeline_s = time.perf_counter() - start
+        pool.shutdown(wait=True)
         if profiler:
             profiler.disable()
             profiler.dump_stats(args.profile)

@@ -68,7 +68,7 @@ def main() -> None:
     parser.add_argument("--cols", type=int, default=1024)
     parser.add_argument("--associations", type=int, default=2, help="parallel storescu processes")
     parser.add_argument("--batch-size", type=int, default=8, help="studies per batch and images per forward pass")
-    parser.add_argument("--workers", default="auto", help="node worker processes (worker.processes)")
+    parser.add_argument("--workers", default="auto", help="scheduler.pipeline_processes of the node (auto, 0, N)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for the last SR")
     args = parser.parse_args()
@@ -87,7 +87,7 @@ def main() -> None:
             "--device", args.device,
         ], env={"DICOMNODE_SCHEDULER__BATCH_SIZE": str(args.batch_size),
                 "DICOMNODE_MODEL__BATCH_SIZE": str(args.batch_size),
-                "DICOMNODE_WORKER__PROCESSES": args.workers})
+                "DICOMNODE_SCHEDULER__PIPELINE_PROCESSES": args.workers})
         try:
             start = time.monotonic()
             send_all(port, files, args.associations)

@@ -105,6 +105,7 @@ class Node:
         from dicomnode.receiving.handlers import ReceiveContext
         from dicomnode.receiving.scp import start_scp
         from dicomnode.scheduling import NodeWorker, start_scheduler
+        from dicomnode.workpool import open_pool
         from dicomnode.store.queue import utcnow
 
         removed = self.files.remove_partials()
@@ -129,6 +130,7 @@ class Node:
                 self.settings.destination,
                 self.settings.destination.calling_ae_title or self.settings.dicom.ae_title,
                 options,
+                pool=open_pool(self.settings.scheduler.pipeline_processes),
             )
             self.worker.recover_orphans()
             self.scheduler = start_scheduler(self.worker, self.settings.scheduler)
@@ -153,6 +155,9 @@ class Node:
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=True)
             self.scheduler = None
+        if self.worker is not None and self.worker.pool is not None:
+            self.worker.pool.shutdown(wait=True)
+            self.worker.pool = None
         self.engine.dispose()
 
 

@@ -18,6 +18,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime, time
 from typing import TYPE_CHECKING
@@ -83,6 +84,8 @@ class NodeWorker:
         destination: where results go (``host=None``: results stay in the outbox).
         calling_ae_title: our AE title when sending.
         options: pipeline options.
+        pool: executor for the pipeline's decoding and building stages
+            (:func:`dicomnode.workpool.open_pool`); None = inline. The caller shuts it down.
         clock: returns naive UTC now (tests pass a fake one).
         local_clock: returns local wall time, for batch windows.
     """
@@ -96,6 +99,7 @@ class NodeWorker:
         destination: DestinationSettings,
         calling_ae_title: str,
         options: PipelineOptions,
+        pool: Executor | None = None,
         clock: Callable[[], datetime] = queue.utcnow,
         local_clock: Callable[[], datetime] = datetime.now,
     ) -> None:
@@ -106,6 +110,7 @@ class NodeWorker:
         self.destination = destination
         self.calling_ae_title = calling_ae_title
         self.options = options
+        self.pool = pool
         self.clock = clock
         self.local_clock = local_clock
         self.host = socket.gethostname()
@@ -152,7 +157,7 @@ class NodeWorker:
         if not claims:
             return
         with metrics.BATCH_SECONDS.time():
-            outcomes = process_jobs(claims, self.runner, self.files, self.options)
+            outcomes = process_jobs(claims, self.runner, self.files, self.options, self.pool)
         for outcome in outcomes:
             with self.sessions.begin() as session:
                 for sop_uid, reason in outcome.skipped.items():
