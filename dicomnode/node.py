@@ -105,8 +105,8 @@ class Node:
         from dicomnode.receiving.handlers import ReceiveContext
         from dicomnode.receiving.scp import start_scp
         from dicomnode.scheduling import NodeWorker, start_scheduler
-        from dicomnode.workpool import open_pool
         from dicomnode.store.queue import utcnow
+        from dicomnode.workpool import open_pool
 
         removed = self.files.remove_partials()
         if removed:
