@@ -23,15 +23,16 @@ def start_destination(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
 
 
 def start_node(
-    data_dir: Path, model: str, extra: list[str], env: dict[str, str] | None = None
+    data_dir: Path, model: str, extra: list[str], env: dict[str, str] | None = None, wrap: list[str] | None = None
 ) -> tuple[subprocess.Popen[bytes], int]:
     """``dicomnode serve`` on 127.0.0.1; returns (process, port) once it listens.
 
     ``env``: extra environment variables (``DICOMNODE_...`` settings) for the node.
+    ``wrap``: a command line the node runs under (e.g. ``py-spy record -o out.svg --``).
     """
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "dicomnode", "serve", "--host", "127.0.0.1", "--port", str(port),
+        [*(wrap or []), sys.executable, "-m", "dicomnode", "serve", "--host", "127.0.0.1", "--port", str(port),
          "--data-dir", str(data_dir), "--model", model, "--log-level", "WARNING", *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO_ROOT, env={**os.environ, **(env or {})},
     )

@@ -16,6 +16,9 @@ Needs the shared Kermany images for pixels the input gate accepts (see bench/_co
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -47,6 +50,19 @@ def reference_rate(model: str, files: list[Path], batch_size: int, device: str) 
     return len(prepared) / (time.perf_counter() - start), str(runner.device)
 
 
+def children(pid: int) -> list[int]:
+    """Pids of the live child processes of ``pid`` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text() if entry.name.isdigit() else ""
+        except OSError:
+            continue
+        if stat and int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
 def send_all(port: int, files: list[Path], associations: int) -> None:
     """``associations`` storescu processes in parallel, the files dealt round-robin."""
     chunks = [files[i::associations] for i in range(associations)]
@@ -70,6 +86,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="studies per batch and images per forward pass")
     parser.add_argument("--workers", default="auto", help="scheduler.pipeline_processes of the node (auto, 0, N)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--py-spy", type=Path, metavar="SVG",
+                        help="run the node under py-spy (pip install py-spy) and write its flame graph here "
+                        "(collapsed stacks when the name ends in .txt)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for the last SR")
     args = parser.parse_args()
 
@@ -87,7 +106,10 @@ def main() -> None:
             "--device", args.device,
         ], env={"DICOMNODE_SCHEDULER__BATCH_SIZE": str(args.batch_size),
                 "DICOMNODE_MODEL__BATCH_SIZE": str(args.batch_size),
-                "DICOMNODE_SCHEDULER__PIPELINE_PROCESSES": args.workers})
+                "DICOMNODE_SCHEDULER__PIPELINE_PROCESSES": args.workers},
+           wrap=[shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")), "record", "--subprocesses",
+                 "--format", "raw" if args.py_spy.suffix == ".txt" else "flamegraph",
+                 "-o", str(args.py_spy.resolve()), "--"] if args.py_spy else None)
         try:
             start = time.monotonic()
             send_all(port, files, args.associations)
@@ -103,9 +125,10 @@ def main() -> None:
                 time.sleep(0.05)
             elapsed = time.monotonic() - start
         finally:
-            node.terminate()
+            for pid in children(node.pid) if args.py_spy else [node.pid]:  # py-spy writes when the node exits
+                os.kill(pid, signal.SIGTERM)
             destination.terminate()
-            node.wait(timeout=60)
+            node.wait(timeout=120)
             destination.wait(timeout=60)
         if done < args.studies:
             raise SystemExit(f"only {done} of {args.studies} SRs arrived within {args.timeout:.0f} s")

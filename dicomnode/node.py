@@ -112,8 +112,13 @@ class Node:
         if removed:
             logger.info("removed %d partial file(s) left by an earlier crash", removed)
         if self.run_worker:
+            pool = open_pool(self.settings.scheduler.pipeline_processes)  # starts while the model loads
             if self.runner is None:
-                self.runner = load_runner(self.settings.model)
+                try:
+                    self.runner = load_runner(self.settings.model)
+                except BaseException:
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
             identity = self.runner.identity
             logger.info("model %s v%s (%s) loaded", identity.name, identity.version, identity.architecture)
             options = PipelineOptions(
@@ -130,7 +135,7 @@ class Node:
                 self.settings.destination,
                 self.settings.destination.calling_ae_title or self.settings.dicom.ae_title,
                 options,
-                pool=open_pool(self.settings.scheduler.pipeline_processes),
+                pool=pool,
             )
             self.worker.recover_orphans()
             self.scheduler = start_scheduler(self.worker, self.settings.scheduler)

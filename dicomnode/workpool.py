@@ -10,11 +10,13 @@ behaviour before the pool existed; tests and ``predict`` use it).
 Workers are started with ``spawn``: the node process holds torch, a scheduler thread
 and a web server thread, none of which may be forked. They import the stage functions'
 modules (no torch: the stages never touch the model), handle one call at a time and are
-reused. The pool is started on first use and stopped with the node's worker.
+reused. The pool starts its workers when it is opened (they import the stage modules
+while the node loads its model) and is stopped with the node's worker.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import multiprocessing
 import os
@@ -99,6 +101,24 @@ class ProcessPool(ProcessPoolExecutor):
         self._listener.stop()
 
 
+_STAGE_MODULES = (
+    "dicomnode.pipeline",
+    "dicomnode.inference.preprocess",
+    "dicomnode.explain.render",
+    "dicomnode.outputs.sc",
+    "dicomnode.outputs.sr",
+    "dicomnode.outputs.validate",
+    "highdicom.sr",
+    "highdicom.sc",
+)
+
+
+def _import_stage_modules() -> None:
+    """Import what the stages use, so that the first real call does not pay for it."""
+    for name in _STAGE_MODULES:
+        importlib.import_module(name)
+
+
 def open_pool(processes: Processes) -> Executor:
     """An executor for the pipeline's CPU stages.
 
@@ -114,4 +134,7 @@ def open_pool(processes: Processes) -> Executor:
     if size == 0:
         return InlineExecutor()
     logger.info("pipeline: %d worker process(es) for decoding and building results", size)
-    return ProcessPool(size)
+    pool = ProcessPool(size)
+    for _ in range(size):  # starts every worker now, importing in the background
+        pool.submit(_import_stage_modules)
+    return pool
