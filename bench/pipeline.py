@@ -30,7 +30,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="default", help="model name or manifest path")
     parser.add_argument("--images", type=int, default=48, help="images (one study each)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (model.batch_size)")
+    parser.add_argument("--claim", type=int, default=8, help="studies per pipeline run (scheduler.batch_size)")
     parser.add_argument("--rows", type=int, default=2048)
     parser.add_argument("--cols", type=int, default=2048)
     parser.add_argument("--device", default="auto")
@@ -60,7 +61,7 @@ def main() -> None:
     runner = ModelRunner.from_loaded(resolve_manifest(args.model), device=args.device)
     identity = runner.identity
     print(f"# pipeline: model {identity.name} ({identity.architecture}) on {runner.device}, "
-          f"batch {args.batch_size}, {args.images} images {args.rows}x{args.cols} 16-bit, "
+          f"batch {args.batch_size}, {args.claim} studies per run, {args.images} images {args.rows}x{args.cols} 16-bit, "
           f"torch threads {torch.get_num_threads()}, pipeline processes {pool_size(workers)}")
     with tempfile.TemporaryDirectory(prefix="dicomnode-bench-") as tmp:
         work = Path(tmp)
@@ -106,8 +107,8 @@ def main() -> None:
         start = time.perf_counter()
         if profiler:
             profiler.enable()
-        for i in range(0, len(claims), args.batch_size):
-            outcomes = process_jobs(claims[i : i + args.batch_size], runner, files, options, pool)
+        for i in range(0, len(claims), args.claim):
+            outcomes = process_jobs(claims[i : i + args.claim], runner, files, options, pool)
             failed = [o.error for o in outcomes if o.error]
             if failed:
                 raise SystemExit(f"pipeline failed: {failed[0]}")

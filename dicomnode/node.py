@@ -113,12 +113,13 @@ class Node:
             logger.info("removed %d partial file(s) left by an earlier crash", removed)
         if self.run_worker:
             pool = open_pool(self.settings.scheduler.pipeline_processes)  # starts while the model loads
-            if self.runner is None:
-                try:
+            try:
+                if self.runner is None:
                     self.runner = load_runner(self.settings.model)
-                except BaseException:
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    raise
+                self.runner.warm_up(self.settings.model.batch_size)
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
             identity = self.runner.identity
             logger.info("model %s v%s (%s) loaded", identity.name, identity.version, identity.architecture)
             options = PipelineOptions(

@@ -115,7 +115,10 @@ class NodeWorker:
         self.local_clock = local_clock
         self.host = socket.gethostname()
         self.worker_id = f"{self.host}:{os.getpid()}"
-        self._lock = threading.Lock()
+        # A batch and a send run at the same time (the model is not idle while results
+        # travel); two batches, or two sends of the same outbox rows, never do.
+        self._batch_lock = threading.Lock()
+        self._send_lock = threading.Lock()
 
     def recover_orphans(self) -> int:
         """Re-queue jobs that dead worker processes of this host left RUNNING (at start-up)."""
@@ -130,21 +133,27 @@ class NodeWorker:
 
     def tick(self) -> TickReport:
         """Sweep, claim and process one batch, then send what is due."""
+        report = self.process_ready()
+        with self._send_lock:
+            self._send_due(report)
+        return report
+
+    def process_ready(self) -> TickReport:
+        """Sweep, claim and process one batch (the batch job; sending is the send job's)."""
         report = TickReport()
-        with self._lock:
+        with self._batch_lock:
             now = self.clock()
             with self.sessions.begin() as session:
                 report.requeued = queue.requeue_expired(session, lease_s=self.scheduler.lease_s, now=now)
                 report.ready = len(queue.mark_stable(session, stable_after_s=self.scheduler.stable_after_s, now=now))
             if in_windows(self.scheduler.batch_windows, self.local_clock().time()):
                 self._run_batch(report)
-            self._send_due(report)
         return report
 
     def send_due(self) -> TickReport:
-        """Send due outbox entries only (the retry job)."""
+        """Send due outbox entries only (the send job)."""
         report = TickReport()
-        with self._lock:
+        with self._send_lock:
             self._send_due(report)
         return report
 
@@ -236,12 +245,20 @@ def _run_logged(step: Callable[[], TickReport], name: str) -> None:
 
 
 def start_scheduler(worker: NodeWorker, settings: SchedulerSettings) -> BackgroundScheduler:
-    """Start the background scheduler running ``worker`` every ``interval_s`` seconds."""
+    """Start the background scheduler: the batch job every ``interval_s`` seconds and the
+    send job every ``max(interval_s, 1)`` seconds and as soon as a batch produced results."""
     from apscheduler.schedulers.background import BackgroundScheduler
 
     scheduler = BackgroundScheduler(timezone="UTC")
+
+    def _batch() -> TickReport:
+        report = worker.process_ready()
+        if report.done:
+            scheduler.modify_job("send", next_run_time=datetime.now(UTC))
+        return report
+
     scheduler.add_job(
-        _run_logged, "interval", seconds=settings.interval_s, args=[worker.tick, "batch"],
+        _run_logged, "interval", seconds=settings.interval_s, args=[_batch, "batch"],
         id="batch", max_instances=1, coalesce=True, next_run_time=datetime.now(UTC),
     )
     scheduler.add_job(
