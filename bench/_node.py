@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,13 +22,19 @@ def start_destination(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
     return process, port
 
 
-def start_node(data_dir: Path, model: str, extra: list[str]) -> tuple[subprocess.Popen[bytes], int]:
-    """``dicomnode serve`` on 127.0.0.1; returns (process, port) once it listens."""
+def start_node(
+    data_dir: Path, model: str, extra: list[str], env: dict[str, str] | None = None, wrap: list[str] | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
+    """``dicomnode serve`` on 127.0.0.1; returns (process, port) once it listens.
+
+    ``env``: extra environment variables (``DICOMNODE_...`` settings) for the node.
+    ``wrap``: a command line the node runs under (e.g. ``py-spy record -o out.svg --``).
+    """
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "dicomnode", "serve", "--host", "127.0.0.1", "--port", str(port),
+        [*(wrap or []), sys.executable, "-m", "dicomnode", "serve", "--host", "127.0.0.1", "--port", str(port),
          "--data-dir", str(data_dir), "--model", model, "--log-level", "WARNING", *extra],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO_ROOT, env={**os.environ, **(env or {})},
     )
     wait_for_port(port, timeout_s=180)
     return process, port

@@ -14,6 +14,7 @@ building and validation, atomic writes. Ratio = pipeline img/s / reference img/s
 from __future__ import annotations
 
 import argparse
+import cProfile
 import sys
 import tempfile
 import time
@@ -29,11 +30,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="default", help="model name or manifest path")
     parser.add_argument("--images", type=int, default=48, help="images (one study each)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (model.batch_size)")
+    parser.add_argument("--claim", type=int, default=8, help="studies per pipeline run (scheduler.batch_size)")
     parser.add_argument("--rows", type=int, default=2048)
     parser.add_argument("--cols", type=int, default=2048)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--explain", default="all", choices=["all", "positive"])
+    parser.add_argument("--workers", default="auto",
+                        help='pipeline processes for decoding and building ("auto" = one per CPU, 0 = inline)')
+    parser.add_argument("--profile", type=Path, help="write a cProfile of the pipeline part to this file")
     args = parser.parse_args()
 
     import torch
@@ -49,13 +54,15 @@ def main() -> None:
     from dicomnode.store.files import FileStore
     from dicomnode.domain import ClaimedInstance, ClaimedJob
     from dicomnode.store.queue import utcnow
+    from dicomnode.workpool import open_pool, pool_size
     from pydicom import dcmread
 
+    workers = "auto" if args.workers == "auto" else int(args.workers)
     runner = ModelRunner.from_loaded(resolve_manifest(args.model), device=args.device)
     identity = runner.identity
     print(f"# pipeline: model {identity.name} ({identity.architecture}) on {runner.device}, "
-          f"batch {args.batch_size}, {args.images} images {args.rows}x{args.cols} 16-bit, "
-          f"torch threads {torch.get_num_threads()}")
+          f"batch {args.batch_size}, {args.claim} studies per run, {args.images} images {args.rows}x{args.cols} 16-bit, "
+          f"torch threads {torch.get_num_threads()}, pipeline processes {pool_size(workers)}")
     with tempfile.TemporaryDirectory(prefix="dicomnode-bench-") as tmp:
         work = Path(tmp)
         sources = write_dx_files(work / "src", args.images, args.rows, args.cols)
@@ -73,7 +80,9 @@ def main() -> None:
 
         # Warm-up (allocator, first-call costs, imports).
         runner.predict_and_explain(batches[0])
-        process_jobs(claims[: args.batch_size], runner, files, PipelineOptions(OutputSettings(), args.batch_size, args.explain))
+        pool = open_pool(workers)
+        # spawns the pool's processes too; the timed run reuses them
+        process_jobs(claims[: args.batch_size], runner, files, PipelineOptions(OutputSettings(), args.batch_size, args.explain), pool)
 
         start = time.perf_counter()
         for batch in batches:
@@ -94,13 +103,20 @@ def main() -> None:
             parameter.requires_grad_(flag)
 
         options = PipelineOptions(OutputSettings(), args.batch_size, args.explain)
+        profiler = cProfile.Profile() if args.profile else None
         start = time.perf_counter()
-        for i in range(0, len(claims), args.batch_size):
-            outcomes = process_jobs(claims[i : i + args.batch_size], runner, files, options)
+        if profiler:
+            profiler.enable()
+        for i in range(0, len(claims), args.claim):
+            outcomes = process_jobs(claims[i : i + args.claim], runner, files, options, pool)
             failed = [o.error for o in outcomes if o.error]
             if failed:
                 raise SystemExit(f"pipeline failed: {failed[0]}")
         pipeline_s = time.perf_counter() - start
+        pool.shutdown(wait=True)
+        if profiler:
+            profiler.disable()
+            profiler.dump_stats(args.profile)
 
     n = len(sources)
     print(f"reference forward+Grad-CAM (runner)   {n / reference_s:8.1f} img/s")

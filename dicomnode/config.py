@@ -246,6 +246,11 @@ class SchedulerSettings(_Group):
     lease_s: float = Field(default=600.0, gt=0, description="RUNNING jobs older than this are re-queued")
     max_attempts: int = Field(default=3, ge=1, description="inference attempts before FAILED")
     retry_backoff_s: float = Field(default=30.0, ge=0, description="delay before a failed job is retried")
+    pipeline_processes: int | Literal["auto"] = Field(
+        default="auto",
+        description='processes decoding images and building results beside the model: "auto" = one per CPU, '
+        "0 = none (all in the worker process)",
+    )
     batch_windows: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description='local-time windows "HH:MM-HH:MM" when batches may run; empty = always',
@@ -255,6 +260,13 @@ class SchedulerSettings(_Group):
     @classmethod
     def _split_windows(cls, value: Any) -> Any:
         return split_list(value)
+
+    @field_validator("pipeline_processes")
+    @classmethod
+    def _check_processes(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 0:
+            raise ValueError(f'pipeline_processes must be "auto" or >= 0, got {value}')
+        return value
 
     @field_validator("batch_windows")
     @classmethod

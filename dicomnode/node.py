@@ -107,13 +107,20 @@ class Node:
         from dicomnode.receiving.scp import start_scp
         from dicomnode.scheduling import NodeWorker, start_scheduler
         from dicomnode.store.queue import utcnow
+        from dicomnode.workpool import open_pool
 
         removed = self.files.remove_partials()
         if removed:
             logger.info("removed %d partial file(s) left by an earlier crash", removed)
         if self.run_worker:
-            if self.runner is None:
-                self.runner = load_runner(self.settings.model)
+            pool = open_pool(self.settings.scheduler.pipeline_processes)  # starts while the model loads
+            try:
+                if self.runner is None:
+                    self.runner = load_runner(self.settings.model)
+                self.runner.warm_up(self.settings.model.batch_size)
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
             identity = self.runner.identity
             logger.info("model %s v%s (%s) loaded", identity.name, identity.version, identity.architecture)
             options = PipelineOptions(
@@ -130,6 +137,7 @@ class Node:
                 self.settings.destination,
                 self.settings.destination.calling_ae_title or self.settings.dicom.ae_title,
                 options,
+                pool=pool,
                 retention=_retention(self.settings),
                 retention_interval_s=self.settings.store.retention_interval_s,
             )
@@ -158,6 +166,9 @@ class Node:
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=True)
             self.scheduler = None
+        if self.worker is not None and self.worker.pool is not None:
+            self.worker.pool.shutdown(wait=True)
+            self.worker.pool = None
         self.engine.dispose()
 
 

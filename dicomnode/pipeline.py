@@ -20,7 +20,8 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -525,8 +526,112 @@ def _prior_report(claim: ClaimedJob, files: FileStore, identity: ModelIdentity) 
     return PriorReport(prior.sop_instance_uid, series, prior.sop_class_uid), number + 1
 
 
+@dataclass
+class Undecodable:
+    """An image whose pixels cannot be used.
+
+    Attributes:
+        detail: why, one line without PHI.
+        header: its header when readable with the four UIDs (listed in the SR as not
+            assessed), else None.
+    """
+
+    detail: str
+    header: Dataset | None
+
+
+def load_image(path: Path, preprocessing: Preprocessing, max_side: int) -> PreparedImage | Undecodable:
+    """Read and decode one received file for the model (a pipeline stage: runs in a worker).
+
+    Args:
+        path: the Part-10 file.
+        preprocessing: the model's input settings.
+        max_side: long side in pixels of the display image (the SC's).
+    """
+    try:
+        return prepare_image(dcmread(path), preprocessing, max_side)
+    except InferenceError as exc:
+        detail = str(exc)
+    except (OSError, ValueError, AttributeError, KeyError, TypeError) as exc:
+        detail = f"cannot decode: {exc}"
+    try:
+        header = _read_header(path)
+        if all(header.get(k) for k in ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")):
+            return Undecodable(detail, header)
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        pass
+    return Undecodable(detail, None)
+
+
+@dataclass
+class StudyResults:
+    """What :func:`build_and_write` made of one study.
+
+    Attributes:
+        results: the written SCs and SR (empty when no image is assessable).
+        findings: one row per image and label for the database.
+    """
+
+    results: list[NewResult]
+    findings: list[NewFinding]
+
+
+def build_and_write(
+    entries: Sequence[StudyEntry],
+    identity: ModelIdentity,
+    preprocessing: Preprocessing,
+    options: PipelineOptions,
+    files: FileStore,
+    predecessor: PriorReport | None,
+    sr_instance_number: int,
+) -> StudyResults:
+    """Build, validate and write a study's result objects (a pipeline stage: runs in a worker).
+
+    Raises:
+        DicomNodeError: an object could not be built, validated or written.
+    """
+    built = build_study_outputs(
+        entries, identity, preprocessing, options, predecessor=predecessor, sr_instance_number=sr_instance_number
+    )
+
+    def _write(item: BuiltObject) -> Path:
+        path = files.result_path(str(item.dataset.SOPInstanceUID))
+        files.write_atomic(path, item.encoded)
+        return path
+
+    return StudyResults(write_outputs(built, _write, files), build_findings(entries, built, identity))
+
+
+def _without_model_input(entry: StudyEntry) -> StudyEntry:
+    """The entry as the build stage needs it: the model input (C, S, S) is not sent along."""
+    if isinstance(entry, ImageAnalysis):
+        image = replace(entry.image, model_input=np.empty((0,), np.float32))
+        return replace(entry, image=image)
+    return entry
+
+
+def _model_chunks(claims: Sequence[ClaimedJob], images: dict[int, list[PreparedImage]], size: int) -> list[list[ClaimedJob]]:
+    """Consecutive claims grouped so that each group fills about one model batch."""
+    chunks: list[list[ClaimedJob]] = []
+    current: list[ClaimedJob] = []
+    count = 0
+    for claim in claims:
+        current.append(claim)
+        count += len(images[claim.job_id])
+        if count >= size:
+            chunks.append(current)
+            current, count = [], 0
+    if current:
+        chunks.append(current)
+    return chunks
+
+
 def process_jobs(
-    claims: Sequence[ClaimedJob], runner: ModelRunner, files: FileStore, options: PipelineOptions
+    claims: Sequence[ClaimedJob],
+    runner: ModelRunner,
+    files: FileStore,
+    options: PipelineOptions,
+    pool: Executor | None = None,
 ) -> list[JobOutcome]:
     """Run the whole pipeline for claimed jobs; one outcome per job, in order.
 
@@ -535,75 +640,93 @@ def process_jobs(
     in the SR as not assessed, like the study's instances refused at receive time and the
     images the gate refuses. A study with no assessable image succeeds with no results
     and a ``skip_reason``. Model or builder errors fail only the study concerned.
+
+    Stages: every image is decoded in ``pool`` (all at once: the pool's processes work
+    ahead of the model); the model runs here on groups of studies that fill a model
+    batch; each study's objects are built, validated and written in ``pool`` while the
+    model runs the next group. ``pool=None`` runs every stage inline, in order
+    (see :mod:`dicomnode.workpool`).
     """
+    from dicomnode.workpool import InlineExecutor
+
+    pool = pool or InlineExecutor()
+    identity, preprocessing = runner.identity, runner.manifest.preprocessing
+    max_side = options.outputs.max_heatmap_side
+    loads = {
+        claim.job_id: [
+            (instance, pool.submit(load_image, files.absolute(instance.path), preprocessing, max_side))
+            for instance in claim.instances
+        ]
+        for claim in claims
+    }
     outcomes = {claim.job_id: JobOutcome(claim) for claim in claims}
     slots: dict[int, list[PreparedImage | NotAssessedImage]] = {claim.job_id: [] for claim in claims}
-    for claim in claims:
+    images: dict[int, list[PreparedImage]] = {}
+    builds: dict[int, tuple[Future[StudyResults], PriorReport | None, list[StudyEntry]]] = {}
+
+    def _collect(claim: ClaimedJob) -> None:
         log = logging.LoggerAdapter(logger, {"job_id": claim.job_id, "study_instance_uid": claim.study_instance_uid})
-        for instance in claim.instances:
-            path = files.absolute(instance.path)
-            try:
-                source = dcmread(path)
-                slots[claim.job_id].append(prepare_image(source, runner.manifest.preprocessing, options.outputs.max_heatmap_side))
+        for instance, future in loads[claim.job_id]:
+            loaded = future.result()
+            if isinstance(loaded, PreparedImage):
+                slots[claim.job_id].append(loaded)
                 continue
-            except InferenceError as exc:
-                detail = str(exc)
-            except (OSError, ValueError, AttributeError, KeyError, TypeError) as exc:
-                detail = f"cannot decode: {exc}"
-            outcomes[claim.job_id].skipped[instance.sop_instance_uid] = skip_reason_text(NotAssessedReason.UNDECODABLE, detail)
-            log.info("job %d: not assessed %s: %s", claim.job_id, instance.sop_instance_uid, detail)
-            try:  # listed in the SR when its header can be read
-                header = _read_header(path)
-                if all(header.get(k) for k in ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")):
-                    slots[claim.job_id].append(NotAssessedImage(header, NotAssessedReason.UNDECODABLE, detail))
-            except (OSError, ValueError, AttributeError, KeyError, TypeError):
-                pass
+            outcomes[claim.job_id].skipped[instance.sop_instance_uid] = skip_reason_text(NotAssessedReason.UNDECODABLE, loaded.detail)
+            log.info("job %d: not assessed %s: %s", claim.job_id, instance.sop_instance_uid, loaded.detail)
+            if loaded.header is not None:  # listed in the SR when its header can be read
+                slots[claim.job_id].append(NotAssessedImage(loaded.header, NotAssessedReason.UNDECODABLE, loaded.detail))
         slots[claim.job_id].extend(_refused_entry(r, claim.study_instance_uid, files) for r in claim.refused)
+        images[claim.job_id] = [s for s in slots[claim.job_id] if isinstance(s, PreparedImage)]
 
-    # Images of all studies share model batches.
-    ordered = [(job_id, s) for job_id, items in slots.items() for s in items if isinstance(s, PreparedImage)]
-    analysed: dict[int, dict[str, ImageAnalysis]] = {claim.job_id: {} for claim in claims}
-    try:
-        started = time.perf_counter()
-        analyses = analyse_images([image for _, image in ordered], runner, options)
-        metrics.observe_inference(len(analyses), time.perf_counter() - started)
-        for (job_id, image), analysis in zip(ordered, analyses):
-            analysed[job_id][image.key] = analysis
-    except DicomNodeError:
-        # A batch failed: fall back to one study at a time so only the culprit fails.
-        for job_id, items in slots.items():
-            images = [s for s in items if isinstance(s, PreparedImage)]
-            try:
-                analysed[job_id] = {a.image.key: a for a in analyse_images(images, runner, options)}
-            except DicomNodeError as exc:
-                outcomes[job_id].error = f"inference failed: {exc}"
+    def _analyse(chunk: Sequence[ClaimedJob]) -> dict[int, dict[str, ImageAnalysis]]:
+        analysed: dict[int, dict[str, ImageAnalysis]] = {claim.job_id: {} for claim in chunk}
+        ordered = [(claim.job_id, image) for claim in chunk for image in images[claim.job_id]]
+        try:
+            started = time.perf_counter()
+            analyses = analyse_images([image for _, image in ordered], runner, options)
+            metrics.observe_inference(len(analyses), time.perf_counter() - started)
+            for (job_id, image), analysis in zip(ordered, analyses):
+                analysed[job_id][image.key] = analysis
+        except DicomNodeError:
+            # A batch failed: fall back to one study at a time so only the culprit fails.
+            for claim in chunk:
+                try:
+                    analysed[claim.job_id] = {a.image.key: a for a in analyse_images(images[claim.job_id], runner, options)}
+                except DicomNodeError as exc:
+                    outcomes[claim.job_id].error = f"inference failed: {exc}"
+        return analysed
 
-    def _write(item: BuiltObject) -> Path:
-        path = files.result_path(str(item.dataset.SOPInstanceUID))
-        files.write_atomic(path, item.encoded)
-        return path
+    for claim in claims:
+        _collect(claim)
+    for chunk in _model_chunks(claims, images, options.model_batch_size):
+        analysed = _analyse(chunk)
+        for claim in chunk:
+            if outcomes[claim.job_id].error is not None:
+                continue
+            entries: list[StudyEntry] = [
+                analysed[claim.job_id][s.key] if isinstance(s, PreparedImage) else s for s in slots[claim.job_id]
+            ]
+            predecessor, number = _prior_report(claim, files, identity)
+            future = pool.submit(
+                build_and_write, [_without_model_input(e) for e in entries], identity, preprocessing, options,
+                files, predecessor, number,
+            )  # fmt: skip
+            builds[claim.job_id] = (future, predecessor, entries)
 
     for claim in claims:
         outcome = outcomes[claim.job_id]
-        if outcome.error is not None:
+        if claim.job_id not in builds:
             continue
         log = logging.LoggerAdapter(logger, {"job_id": claim.job_id, "study_instance_uid": claim.study_instance_uid})
-        entries: list[StudyEntry] = [
-            analysed[claim.job_id][s.key] if isinstance(s, PreparedImage) else s for s in slots[claim.job_id]
-        ]
+        future, predecessor, entries = builds[claim.job_id]
         try:
-            predecessor, number = _prior_report(claim, files, runner.identity)
-            built = build_study_outputs(
-                entries, runner.identity, runner.manifest.preprocessing, options,
-                predecessor=predecessor, sr_instance_number=number,
-            )  # fmt: skip
-            outcome.results = write_outputs(built, _write, files)
-            outcome.findings = build_findings(entries, built, runner.identity)
+            made = future.result()
         except DicomNodeError as exc:
             outcome.error = str(exc)
             log.warning("job %d failed: %s", claim.job_id, exc)
             continue
-        if not built:
+        outcome.results, outcome.findings = made.results, made.findings
+        if not made.results:
             outcome.skip_reason = no_assessable_reason(entries)
             log.info("job %d: %s", claim.job_id, outcome.skip_reason)
             continue

@@ -21,6 +21,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from typing import TYPE_CHECKING
@@ -90,6 +91,8 @@ class NodeWorker:
         destination: where results go (``host=None``: results stay in the outbox).
         calling_ae_title: our AE title when sending.
         options: pipeline options.
+        pool: executor for the pipeline's decoding and building stages
+            (:func:`dicomnode.workpool.open_pool`); None = inline. The caller shuts it down.
         clock: returns naive UTC now (tests pass a fake one).
         local_clock: returns local wall time, for batch windows.
         retention: remove the files of finished studies quiet for this long
@@ -106,6 +109,7 @@ class NodeWorker:
         destination: DestinationSettings,
         calling_ae_title: str,
         options: PipelineOptions,
+        pool: Executor | None = None,
         clock: Callable[[], datetime] = queue.utcnow,
         local_clock: Callable[[], datetime] = datetime.now,
         retention: timedelta | None = None,
@@ -118,13 +122,17 @@ class NodeWorker:
         self.destination = destination
         self.calling_ae_title = calling_ae_title
         self.options = options
+        self.pool = pool
         self.clock = clock
         self.local_clock = local_clock
         self.retention = retention
         self.retention_interval_s = retention_interval_s
         self.host = socket.gethostname()
         self.worker_id = f"{self.host}:{os.getpid()}"
-        self._lock = threading.Lock()
+        # A batch and a send run at the same time (the model is not idle while results
+        # travel); two batches, or two sends of the same outbox rows, never do.
+        self._batch_lock = threading.Lock()
+        self._send_lock = threading.Lock()
 
     def recover_orphans(self) -> int:
         """Re-queue jobs that dead worker processes of this host left RUNNING (at start-up)."""
@@ -139,21 +147,27 @@ class NodeWorker:
 
     def tick(self) -> TickReport:
         """Sweep, claim and process one batch, then send what is due."""
+        report = self.process_ready()
+        with self._send_lock:
+            self._send_due(report)
+        return report
+
+    def process_ready(self) -> TickReport:
+        """Sweep, claim and process one batch (the batch job; sending is the send job's)."""
         report = TickReport()
-        with self._lock:
+        with self._batch_lock:
             now = self.clock()
             with self.sessions.begin() as session:
                 report.requeued = queue.requeue_expired(session, lease_s=self.scheduler.lease_s, now=now)
                 report.ready = len(queue.mark_stable(session, stable_after_s=self.scheduler.stable_after_s, now=now))
             if in_windows(self.scheduler.batch_windows, self.local_clock().time()):
                 self._run_batch(report)
-            self._send_due(report)
         return report
 
     def send_due(self) -> TickReport:
-        """Send due outbox entries only (the retry job)."""
+        """Send due outbox entries only (the send job)."""
         report = TickReport()
-        with self._lock:
+        with self._send_lock:
             self._send_due(report)
         return report
 
@@ -164,7 +178,7 @@ class NodeWorker:
         report = TickReport()
         if self.retention is None:
             return report
-        with self._lock:  # not while a batch reads a study's files
+        with self._batch_lock, self._send_lock:  # not while a batch reads or a send reads files
             purged = purge(
                 self.sessions, self.files, older_than=self.retention, now=self.clock(),
                 delivered_only=self.destination.enabled, limit=RETENTION_BATCH,
@@ -181,7 +195,7 @@ class NodeWorker:
         if not claims:
             return
         with metrics.BATCH_SECONDS.time():
-            outcomes = process_jobs(claims, self.runner, self.files, self.options)
+            outcomes = process_jobs(claims, self.runner, self.files, self.options, self.pool)
         for outcome in outcomes:
             with self.sessions.begin() as session:
                 for sop_uid, reason in outcome.skipped.items():
@@ -260,12 +274,20 @@ def _run_logged(step: Callable[[], TickReport], name: str) -> None:
 
 
 def start_scheduler(worker: NodeWorker, settings: SchedulerSettings) -> BackgroundScheduler:
-    """Start the background scheduler running ``worker`` every ``interval_s`` seconds."""
+    """Start the background scheduler: the batch job every ``interval_s`` seconds and the
+    send job every ``max(interval_s, 1)`` seconds and as soon as a batch produced results."""
     from apscheduler.schedulers.background import BackgroundScheduler
 
     scheduler = BackgroundScheduler(timezone="UTC")
+
+    def _batch() -> TickReport:
+        report = worker.process_ready()
+        if report.done:
+            scheduler.modify_job("send", next_run_time=datetime.now(UTC))
+        return report
+
     scheduler.add_job(
-        _run_logged, "interval", seconds=settings.interval_s, args=[worker.tick, "batch"],
+        _run_logged, "interval", seconds=settings.interval_s, args=[_batch, "batch"],
         id="batch", max_instances=1, coalesce=True, next_run_time=datetime.now(UTC),
     )
     scheduler.add_job(

@@ -175,6 +175,22 @@ class ModelRunner:
             raise InferenceError(f"{len(indices)} target labels for {inputs.shape[0]} images")
         return self._explain_tensor(inputs, lambda _logits: indices).heatmaps
 
+    def warm_up(self, batch_size: int) -> None:
+        """Run the forward pass, the gate and Grad-CAM once on a dummy batch.
+
+        The first calls of a model pay for kernel selection and allocation (about a
+        second on CPU); a node warms up before it answers, so its first study does not.
+
+        Args:
+            batch_size: images per forward pass as the node will run them.
+        """
+        pre = self.manifest.preprocessing
+        batch = np.random.default_rng(0).standard_normal(
+            (batch_size, pre.in_chans, pre.input_size, pre.input_size), dtype=np.float32
+        )
+        self.predict_and_explain(batch)
+        self.explain(batch, [0] * batch_size)
+
     def predict_and_explain(
         self,
         batch: np.ndarray,

@@ -207,6 +207,16 @@ def test_report_parses_with_highdicom(
     assert [image.referenced_sop_instance_uid for image in group.source_images] == [
         cxr_dataset.SOPInstanceUID
     ]
+    # The document modules are built from the root container alone (speed): everything
+    # the tree references must still be in the evidence, and nothing else.
+    from highdicom.sr import ValueTypeValues
+    from highdicom.sr.utils import find_content_items
+
+    referenced = {
+        item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        for item in find_content_items(sr, value_type=ValueTypeValues.IMAGE, recursive=True)
+    }
+    assert referenced == _evidence(sr) == {cxr_dataset.SOPInstanceUID, heatmap.SOPInstanceUID}
 
 
 def test_multi_image_multi_label_report(
