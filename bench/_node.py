@@ -52,3 +52,51 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def descendants(pid: int) -> list[int]:
+    """Pids of every live process below ``pid`` (children, their children, ...), from /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        parents.setdefault(int(stat[stat.rindex(")") + 2 :].split()[1]), []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def role(pid: int) -> str:
+    """What a node process does, from its command line: node, receiver, pipeline or other."""
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "gone"
+    if "dicomnode.receiving.processes" in command:
+        return "receiver"
+    if "multiprocessing.spawn" in command:
+        return "pipeline"
+    if "dicomnode serve" in command or "-m dicomnode" in command:
+        return "node"
+    return "other"
+
+
+def rss_by_role(pid: int) -> dict[str, float]:
+    """RSS in MiB of a node process and its descendants, summed per :func:`role` (+ "total")."""
+    sizes: dict[str, float] = {}
+    for member in [pid, *descendants(pid)]:
+        try:
+            size = rss_mib(member)
+        except (OSError, RuntimeError):
+            continue
+        kind = "node" if member == pid else role(member)
+        sizes[kind] = sizes.get(kind, 0.0) + size
+    sizes["total"] = sum(sizes.values())
+    return sizes

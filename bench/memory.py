@@ -2,8 +2,9 @@
 
 Sends ``--studies`` one-image studies in rounds with DCMTK storescu, waits for each
 round's SRs at a DCMTK storescp destination, and samples the node's RSS after every
-round. Prints RSS after the first round (warm) and at the end, and the growth
-(target: within 10%).
+round: the node process and everything it started (receiving processes, pipeline
+worker processes), per role and in total. Prints the total after the first round
+(warm) and at the end, and the growth (target: within 10%).
 
     .venv/bin/python bench/memory.py [--model default] [--studies 1000] [--round 50]
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_dx_files  # noqa: E402
-from _node import rss_mib, send, start_destination, start_node  # noqa: E402
+from _node import rss_by_role, send, start_destination, start_node  # noqa: E402
 
 
 def main() -> None:
@@ -50,15 +51,17 @@ def main() -> None:
                     time.sleep(0.2)
                 for file in files:
                     file.unlink()
-                samples.append(rss_mib(node.pid))
-                print(f"{sent:5d} studies  RSS {samples[-1]:7.1f} MiB", flush=True)
+                sizes = rss_by_role(node.pid)
+                samples.append(sizes["total"])
+                parts = ", ".join(f"{k} {v:.0f}" for k, v in sorted(sizes.items()) if k != "total")
+                print(f"{sent:5d} studies  RSS {samples[-1]:7.1f} MiB ({parts})", flush=True)
         finally:
             node.terminate()
             node.wait(timeout=60)
             destination.terminate()
     warm, last = samples[0], samples[-1]
     peak = max(samples)
-    print(f"RSS after first round {warm:.1f} MiB, at the end {last:.1f} MiB, peak {peak:.1f} MiB; "
+    print(f"total RSS after first round {warm:.1f} MiB, at the end {last:.1f} MiB, peak {peak:.1f} MiB; "
           f"growth {100 * (last - warm) / warm:+.1f}% (target within 10%)")
 
 

@@ -264,7 +264,7 @@ class ModelRunner:
     # -- internals -------------------------------------------------------------
 
     def _to_tensor(self, batch: np.ndarray) -> torch.Tensor:
-        """Check a batch and put it on the device (one copy at most on CPU)."""
+        """Check a batch and put it on the device (one copy at most on CPU; pinned, non-blocking to a GPU)."""
         pre = self.manifest.preprocessing
         expected = (pre.in_chans, pre.input_size, pre.input_size)
         if not isinstance(batch, np.ndarray):
@@ -277,9 +277,12 @@ class ModelRunner:
             raise InferenceError(f"batch dtype must be floating point, got {batch.dtype}")
         array = np.ascontiguousarray(batch, dtype=np.float32)
         tensor = torch.from_numpy(array)
-        if self._channels_last:
-            return tensor.to(self.device, memory_format=torch.channels_last)
-        return tensor.to(self.device)
+        # To a GPU from page-locked memory, asynchronously (the first kernel waits for it).
+        on_gpu = self.device.type == "cuda"
+        if on_gpu:
+            tensor = tensor.pin_memory()
+        memory_format = torch.channels_last if self._channels_last else torch.contiguous_format
+        return tensor.to(self.device, memory_format=memory_format, non_blocking=on_gpu)
 
     def _predict_tensor(self, inputs: torch.Tensor) -> list[Prediction]:
         with torch.inference_mode():

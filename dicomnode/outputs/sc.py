@@ -19,11 +19,11 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from dicomnode import __version__
 from dicomnode.config import OutputSettings
 from dicomnode.domain import ModelIdentity
 from dicomnode.outputs import codes
 from dicomnode.outputs.charset import with_writable_charset
+from dicomnode.outputs.equipment import equipment_arguments
 from dicomnode.outputs.uids import derived_uid, stamp_implementation
 from dicomnode.outputs.validate import drop_invalid_elements
 
@@ -83,21 +83,13 @@ def build_heatmap_sc(
     if missing:
         raise ValueError(f"source dataset lacks {', '.join(missing)}")
 
-    from highdicom import ContributingEquipment
+    from highdicom.sc import ConversionTypeValues
     from highdicom.sc import SCImage
 
     if sop_instance_uid is None:
         sop_instance_uid = derived_uid(
             "heatmap-sc", series_instance_uid, str(source.SOPInstanceUID)
         )
-    model_equipment = ContributingEquipment(
-        manufacturer=settings.manufacturer,
-        purpose_of_reference=codes.PROCESSING_EQUIPMENT,
-        manufacturer_model_name=identity.name,
-        software_versions=identity.version,
-        institution_name=settings.institution_name,
-        contribution_description=_model_description(identity),
-    )
     sc = SCImage.from_ref_dataset(
         ref_dataset=source,
         pixel_array=np.ascontiguousarray(overlay_rgb),
@@ -108,19 +100,15 @@ def build_heatmap_sc(
         series_number=series_number,
         sop_instance_uid=sop_instance_uid,
         instance_number=instance_number,
-        manufacturer=settings.manufacturer,
         patient_orientation=_PLACEHOLDER_ORIENTATION,
         transfer_syntax_uid=ExplicitVRLittleEndian,
-        contributing_equipment=[model_equipment],
         series_description=settings.sc_series_description,
-        manufacturer_model_name="dicomnode",
-        software_versions=[f"dicomnode {__version__}", f"{identity.name} {identity.version}"],
-        institution_name=settings.institution_name,
+        **equipment_arguments(settings, identity, "AI inference and Grad-CAM"),
     )
     _copy_patient_and_study(sc, source)
     _copy_anatomy(sc, source)
 
-    sc.ConversionType = "WSD"  # made on a workstation, not digitised (highdicom says "DI")
+    sc.ConversionType = ConversionTypeValues.WSD.value  # made on a workstation, not digitised (highdicom says DI)
     sc.BurnedInAnnotation = "YES"
     sc.ImageComments = (
         f"{settings.sc_series_description}. AI heatmap (Grad-CAM) of model {identity.name} "
@@ -159,13 +147,6 @@ def _check_overlay(overlay: np.ndarray, max_side: int) -> None:
         raise ValueError(
             f"overlay_rgb is {overlay.shape[1]}x{overlay.shape[0]}; each side must lie in [1, {max_side}]"
         )
-
-
-def _model_description(identity: ModelIdentity) -> str:
-    return (
-        f"AI inference and Grad-CAM: model {identity.name} {identity.version}, "
-        f"architecture {identity.architecture}, weights sha256 {identity.weights_sha256}"
-    )
 
 
 def _code_item(code: object) -> Dataset:

@@ -57,7 +57,6 @@ from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage
 
-from dicomnode import __version__
 from dicomnode.config import OutputSettings
 from dicomnode.domain import (
     ModelIdentity,
@@ -68,6 +67,7 @@ from dicomnode.domain import (
 )
 from dicomnode.outputs import codes
 from dicomnode.outputs.charset import with_writable_charset
+from dicomnode.outputs.equipment import content_qualification, equipment_arguments
 from dicomnode.outputs.uids import derived_uid, stamp_implementation
 from dicomnode.outputs.validate import drop_invalid_elements
 
@@ -197,9 +197,8 @@ def build_findings_sr(
         for i in images
     ]
     labels = _check_inputs(images)
-    qualification = _content_qualification(settings.content_qualification)
+    qualification = content_qualification(settings.content_qualification)
 
-    import highdicom as hd
     from highdicom.sr import ComprehensiveSR
 
     study_uid = str(images[0].source.StudyInstanceUID)
@@ -252,30 +251,14 @@ def build_findings_sr(
         series_number=series_number,
         sop_instance_uid=sop_instance_uid,
         instance_number=instance_number,
-        manufacturer=settings.manufacturer,
         is_complete=True,
         is_final=False,
         is_verified=False,
-        institution_name=settings.institution_name,
         content_qualification=qualification,
         series_description=settings.sr_series_description,
-        manufacturer_model_name="dicomnode",
-        software_versions=[f"dicomnode {__version__}", f"{identity.name} {identity.version}"],
         coding_schemes=[codes.private_coding_scheme()] if uses_private else None,
         previous_versions=previous,
-        contributing_equipment=[
-            hd.ContributingEquipment(
-                manufacturer=settings.manufacturer,
-                purpose_of_reference=codes.PROCESSING_EQUIPMENT,
-                manufacturer_model_name=identity.name,
-                software_versions=identity.version,
-                institution_name=settings.institution_name,
-                contribution_description=(
-                    f"AI inference: model {identity.name} {identity.version}, architecture "
-                    f"{identity.architecture}, weights sha256 {identity.weights_sha256}"
-                ),
-            )
-        ],
+        **equipment_arguments(settings, identity, "AI inference"),
     )
     sr.ContentSequence = report.ContentSequence
     _tidy_copied_attributes(sr)
@@ -351,15 +334,6 @@ def _check_inputs(images: Sequence[ImageFindings]) -> tuple[str, ...]:
             if not heatmap.get("SOPInstanceUID") or not heatmap.get("SeriesInstanceUID"):
                 raise ValueError(f"image {index}: heatmap lacks its SOP or Series Instance UID")
     return labels
-
-
-def _content_qualification(value: str) -> str:
-    """DICOM Content Qualification (PS3.3 C.8.13.2: PRODUCT, RESEARCH or SERVICE)."""
-    if value not in ("PRODUCT", "RESEARCH", "SERVICE"):
-        raise ValueError(
-            f"content qualification {value!r} is not a DICOM defined term (PRODUCT, RESEARCH, SERVICE)"
-        )
-    return value
 
 
 def _image_title(source: Dataset, number: int) -> str:
