@@ -50,7 +50,7 @@ from tests.helpers import (
     wait_for_port,
 )
 from tests.integration.peers import NodeProcess, StoreSCP, run_storescp, start_node, wait_until
-from tests.unit.receiving.conftest import associate, run_scp
+from tests.peers.scp import associate, run_scp
 
 pytestmark = [pytest.mark.integration, pytest.mark.dcmtk]
 

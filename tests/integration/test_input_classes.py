@@ -24,7 +24,7 @@ from pynetdicom import AE
 
 from tests.helpers import REPO_ROOT, make_tiny_model
 from tests.integration.peers import run_storescp, start_node, wait_until
-from tests.unit.receiving import corpus
+from tests.peers import corpus
 
 pytestmark = [pytest.mark.integration, pytest.mark.dcmtk, pytest.mark.slow]
 

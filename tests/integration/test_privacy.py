@@ -24,7 +24,7 @@ from pynetdicom import AE
 from tests.helpers import REPO_ROOT, dcmtk, free_port, make_cxr_dataset, make_tiny_model
 from tests.integration.peers import run_storescp, start_node, storescu, wait_until
 from tests.integration.tlscerts import make_certificates, storescu_tls_args
-from tests.unit.receiving import corpus
+from tests.peers import corpus
 
 pytestmark = [pytest.mark.integration, pytest.mark.dcmtk, pytest.mark.slow]
 

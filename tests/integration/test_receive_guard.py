@@ -34,8 +34,10 @@ from dicomnode.receiving.scp import stop_scp
 from dicomnode.receiving.statuses import Status
 from dicomnode.store.models import Instance
 from tests.helpers import DX_PRESENTATION_STORAGE, make_cxr_dataset
-from tests.unit.receiving import rawpeer
-from tests.unit.receiving.conftest import RunningScp, associate, run_scp, send_raw_store
+from tests.peers import rawpeer
+from tests.peers.scp import RunningScp, associate, run_scp, send_raw_store
+
+pytestmark = [pytest.mark.integration]
 
 VERIFICATION = "1.2.840.10008.1.1"
 SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]

@@ -33,7 +33,9 @@ from tests.helpers import (
     make_cxr_dataset,
     wait_for_port,
 )
-from tests.unit.receiving.conftest import RunningScp, associate, run_scp, send_raw_store
+from tests.peers.scp import RunningScp, associate, run_scp, send_raw_store
+
+pytestmark = [pytest.mark.integration]
 
 VERIFICATION = "1.2.840.10008.1.1"
 SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]

@@ -1,14 +1,14 @@
-"""Fixtures for the receiving tests: a real data folder + SQLite, and a running SCP."""
+"""The node's SCP in-process on a free loopback port, and a pynetdicom SCU that can send
+what a broken sender sends (command UIDs chosen apart from the data set)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
 
-import pytest
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.association import Association
@@ -18,7 +18,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomnode.config import DicomSettings
 from dicomnode.receiving.handlers import ReceiveContext
-from dicomnode.receiving.scp import start_scp, stop_scp
+from dicomnode.receiving.scp import start_scp
 from tests.helpers import free_port, wait_for_port
 
 NODE_AE = "DICOMNODE"
@@ -52,14 +52,6 @@ def run_scp(context: ReceiveContext, **overrides: Any) -> RunningScp:
     server = start_scp(settings, context)
     wait_for_port(settings.port, timeout_s=10)
     return RunningScp(settings=settings, server=server, context=context)
-
-
-@pytest.fixture
-def scp(receive_context: ReceiveContext) -> Iterator[RunningScp]:
-    """A running SCP with default settings (any calling AE)."""
-    running = run_scp(receive_context)
-    yield running
-    stop_scp(running.server, grace_s=2)
 
 
 def associate(
