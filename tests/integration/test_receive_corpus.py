@@ -98,9 +98,9 @@ def test_malformed_wire_data_is_never_acknowledged(
     try:
         status = send_raw_store(
             assoc,
-            sop_class_uid=case.sop_class_uid,
+            case.payload,
             sop_instance_uid=case.sop_instance_uid,
-            dataset=case.payload,
+            sop_class_uid=case.sop_class_uid,
             transfer_syntax=case.transfer_syntax,
         )
     finally:

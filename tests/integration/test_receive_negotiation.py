@@ -7,8 +7,6 @@ import socket
 import pytest
 from pydicom.uid import (
     UID,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
 )
@@ -19,21 +17,20 @@ from dicomnode.receiving.scp import (
     stop_scp,
 )
 from tests.helpers import DX_PRESENTATION_STORAGE
-from tests.peers.scp import RunningScp, associate, run_scp
+from tests.peers.scp import UNCOMPRESSED, RunningScp, associate, rejection, run_scp
 
 pytestmark = [pytest.mark.integration]
 
 CT_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.2")
 MG_PRESENTATION_STORAGE = UID("1.2.840.10008.5.1.4.1.1.1.2")
-SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 
 
 def test_other_sop_classes_are_refused_at_negotiation(scp: RunningScp) -> None:
     assoc = associate(
         scp.port,
         [
-            (CT_IMAGE_STORAGE, SYNTAXES),
-            (MG_PRESENTATION_STORAGE, SYNTAXES),
+            (CT_IMAGE_STORAGE, UNCOMPRESSED),
+            (MG_PRESENTATION_STORAGE, UNCOMPRESSED),
             (DX_PRESENTATION_STORAGE, [JPEGBaseline8Bit, JPEG2000Lossless]),
         ],
     )
@@ -50,18 +47,13 @@ def test_other_sop_classes_are_refused_at_negotiation(scp: RunningScp) -> None:
 def test_calling_ae_allow_list(receive_context: ReceiveContext) -> None:
     running = run_scp(receive_context, allowed_calling_aets=["MODALITY1"])
     try:
-        refused = associate(running.port, [(DX_PRESENTATION_STORAGE, SYNTAXES)], calling="INTRUDER")
-        assert refused.is_rejected
-        rj = refused.acceptor.primitive
-        assert rj is not None
-        assert (rj.result, rj.result_source, rj.diagnostic) == (
-            0x01,
-            0x01,
-            0x03,
-        )  # calling AE not recognised
+        refused = associate(
+            running.port, [(DX_PRESENTATION_STORAGE, UNCOMPRESSED)], calling="INTRUDER"
+        )
+        assert rejection(refused) == (0x01, 0x01, 0x03)  # permanent, calling AE not recognised
 
         allowed = associate(
-            running.port, [(DX_PRESENTATION_STORAGE, SYNTAXES)], calling="MODALITY1"
+            running.port, [(DX_PRESENTATION_STORAGE, UNCOMPRESSED)], calling="MODALITY1"
         )
         assert allowed.is_established
         allowed.release()
@@ -70,15 +62,12 @@ def test_calling_ae_allow_list(receive_context: ReceiveContext) -> None:
 
 
 def test_called_ae_must_match(scp: RunningScp) -> None:
-    assoc = associate(scp.port, [(DX_PRESENTATION_STORAGE, SYNTAXES)], called="SOMEONEELSE")
-    assert assoc.is_rejected
-    rj = assoc.acceptor.primitive
-    assert rj is not None
-    assert (rj.result_source, rj.diagnostic) == (0x01, 0x07)  # called AE not recognised
+    assoc = associate(scp.port, [(DX_PRESENTATION_STORAGE, UNCOMPRESSED)], called="SOMEONEELSE")
+    assert rejection(assoc)[1:] == (0x01, 0x07)  # called AE not recognised
 
 
 def test_accepted_sockets_have_tcp_nodelay(scp: RunningScp) -> None:
-    assoc = associate(scp.port, [(Verification, SYNTAXES)])
+    assoc = associate(scp.port, [(Verification, UNCOMPRESSED)])
     assert assoc.is_established
     try:
         [server_side] = [a for a in scp.server.active_associations if a.is_established]
@@ -104,7 +93,7 @@ def test_the_scp_announces_the_nodes_implementation_identity(scp: RunningScp) ->
 
     from dicomnode.uid import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
-    assoc = associate(scp.port, [(Verification, SYNTAXES)])
+    assoc = associate(scp.port, [(Verification, UNCOMPRESSED)])
     assert assoc.is_established
     try:
         assert assoc.acceptor.implementation_class_uid == IMPLEMENTATION_CLASS_UID

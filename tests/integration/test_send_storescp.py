@@ -52,7 +52,9 @@ def test_results_are_sent_over_one_association_and_a_bad_file_fails_alone(tmp_pa
     broken = tmp_path / "out" / "broken.dcm"
     broken.write_bytes(b"not DICOM")
     with run_storescp(tmp_path / "pacs") as pacs:
-        destination = DestinationSettings(ae_title=pacs.ae_title, host="127.0.0.1", port=pacs.port, timeout_s=10)
+        destination = DestinationSettings(
+            ae_title=pacs.ae_title, host="127.0.0.1", port=pacs.port, timeout_s=10
+        )
         outcomes = send_files(destination, "DICOMNODE", [first, broken, second])
     assert [(o.path, o.ok, o.status) for o in outcomes] == [
         (first, True, 0x0000),
@@ -64,14 +66,18 @@ def test_results_are_sent_over_one_association_and_a_bad_file_fails_alone(tmp_pa
 
 def test_an_absent_destination_fails_every_result_with_the_reason(tmp_path: Path) -> None:
     path, _ = _sc_file(tmp_path, 1)
-    destination = DestinationSettings(host="127.0.0.1", port=free_port(), timeout_s=5)  # nobody listens
+    destination = DestinationSettings(
+        host="127.0.0.1", port=free_port(), timeout_s=5
+    )  # nobody listens
     [outcome] = send_files(destination, "DICOMNODE", [path])
     assert (outcome.ok, outcome.status) == (False, None)
     assert outcome.error is not None and "association" in outcome.error
 
 
 def test_the_worker_sends_what_it_produced(tmp_path: Path) -> None:
-    runner = ModelRunner.from_loaded(resolve_manifest(str(make_tiny_model(tmp_path / "model"))), device="cpu")
+    runner = ModelRunner.from_loaded(
+        resolve_manifest(str(make_tiny_model(tmp_path / "model"))), device="cpu"
+    )
     data_dir = tmp_path / "node"
     engine = make_engine(StoreSettings(data_dir=data_dir))
     sessions = make_sessionmaker(engine)
@@ -86,7 +92,9 @@ def test_the_worker_sends_what_it_produced(tmp_path: Path) -> None:
                 files,
                 runner,
                 SchedulerSettings(stable_after_s=10),
-                DestinationSettings(ae_title=pacs.ae_title, host="127.0.0.1", port=pacs.port, timeout_s=10),
+                DestinationSettings(
+                    ae_title=pacs.ae_title, host="127.0.0.1", port=pacs.port, timeout_s=10
+                ),
                 "DICOMNODE",
                 PipelineOptions(OutputSettings()),
                 clock=lambda: now[0],
@@ -97,7 +105,12 @@ def test_the_worker_sends_what_it_produced(tmp_path: Path) -> None:
         with Session(engine) as session:
             states = [r.state for r in session.scalars(select(Result))]
         assert states == [OutboxState.SENT, OutboxState.SENT]
-        received = [pydicom.dcmread(p, stop_before_pixels=True) for p in (tmp_path / "pacs").iterdir()]
-        assert sorted(ds.file_meta.TransferSyntaxUID for ds in received) == [ExplicitVRLittleEndian] * 2
+        received = [
+            pydicom.dcmread(p, stop_before_pixels=True) for p in (tmp_path / "pacs").iterdir()
+        ]
+        assert (
+            sorted(ds.file_meta.TransferSyntaxUID for ds in received)
+            == [ExplicitVRLittleEndian] * 2
+        )
     finally:
         engine.dispose()

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 
 from pydicom.dataset import Dataset
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.domain import InstanceState
 from dicomnode.store import queue
 from dicomnode.store.files import FileStore
+from dicomnode.store.models import Instance
 
 
 def store_received(
@@ -39,3 +42,23 @@ def store_received(
             now=now,
         )
     return uid
+
+
+def instances(engine: Engine) -> list[Instance]:
+    """Every recorded instance row."""
+    with Session(engine) as session:
+        return list(session.scalars(select(Instance)))
+
+
+def incoming_files(data_dir: Path) -> list[Path]:
+    """Every file under the data folder's ``incoming`` area (partial files included), sorted."""
+    return sorted(p for p in (data_dir / "incoming").rglob("*") if p.is_file())
+
+
+def assert_schema_at_head(engine: Engine) -> None:
+    """The database is at the newest migration and its schema equals the models'."""
+    from dicomnode.store.migrate import current_revision, head_revision, schema_diff
+
+    with engine.connect() as connection:
+        assert current_revision(connection) == head_revision()
+        assert schema_diff(connection) == []

@@ -25,7 +25,9 @@ def test_the_cli_enums_equal_their_sources() -> None:
 
     fields = config.ModelSettings.model_fields
     assert _values(choices.ExplainMode) == list(get_args(fields["explain"].annotation))
-    assert _values(choices.LogLevel) == list(get_args(config.Settings.model_fields["log_level"].annotation))
+    assert _values(choices.LogLevel) == list(
+        get_args(config.Settings.model_fields["log_level"].annotation)
+    )
     assert _values(choices.Role) == list(ROLES)
     assert _values(choices.DataFormat) == _values(datasets.DataFormat)
     assert _values(choices.Split) == _values(datasets.Split)

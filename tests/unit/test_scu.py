@@ -21,9 +21,18 @@ def test_the_sending_ae_proposes_only_the_result_classes_uncompressed() -> None:
     ae = build_scu_ae(DestinationSettings(host="127.0.0.1", timeout_s=7), "NODE1")
     assert ae.ae_title == "NODE1"
     proposed = {cx.abstract_syntax: cx.transfer_syntax for cx in ae.requested_contexts}
-    assert set(proposed) == {SecondaryCaptureImageStorage, ComprehensiveSRStorage} == set(RESULT_SOP_CLASSES)
+    assert (
+        set(proposed)
+        == {SecondaryCaptureImageStorage, ComprehensiveSRStorage}
+        == set(RESULT_SOP_CLASSES)
+    )
     assert all(ts == [ExplicitVRLittleEndian, ImplicitVRLittleEndian] for ts in proposed.values())
-    assert (ae.acse_timeout, ae.dimse_timeout, ae.network_timeout, ae.connection_timeout) == (7, 7, 7, 7)
+    assert (ae.acse_timeout, ae.dimse_timeout, ae.network_timeout, ae.connection_timeout) == (
+        7,
+        7,
+        7,
+        7,
+    )
 
 
 def test_the_sending_ae_announces_the_nodes_implementation_identity() -> None:
@@ -32,7 +41,9 @@ def test_the_sending_ae_announces_the_nodes_implementation_identity() -> None:
     assert ae.implementation_version_name == IMPLEMENTATION_VERSION_NAME
 
 
-def test_without_a_destination_host_sending_is_an_error_that_says_what_to_set(tmp_path: Path) -> None:
+def test_without_a_destination_host_sending_is_an_error_that_says_what_to_set(
+    tmp_path: Path,
+) -> None:
     with pytest.raises(SendError, match="--destination"):
         send_files(DestinationSettings(), "NODE1", [tmp_path / "x.dcm"])
 

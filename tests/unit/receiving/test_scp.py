@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from pydicom.uid import (
     UID,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
 )
 from pynetdicom.sop_class import Verification
 
@@ -20,7 +18,6 @@ from dicomnode.receiving.validation import STORAGE_SOP_CLASSES
 
 CT_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.2")
 MG_PRESENTATION_STORAGE = UID("1.2.840.10008.5.1.4.1.1.1.2")
-SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 
 
 def test_build_ae_applies_settings() -> None:
