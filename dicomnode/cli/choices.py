@@ -1,15 +1,29 @@
 """Closed sets of values that CLI options take, as enums: ``--help`` lists them and Typer
 refuses any other value before a command runs.
 
-The CLI imports no heavy library (STYLE.md section 4), so the sets whose home module
-imports torch or numpy (``training.datasets``) or that settings spell as ``Literal``
-are mirrored here; ``tests/unit/test_cli_choices.py`` checks that each mirror equals
-its source.
+``DataFormat`` and ``Split`` are the training package's own (:mod:`dicomnode.training.formats`).
+The CLI imports no heavy library (STYLE.md section 4), so the sets that settings spell
+as ``Literal``, ``node.ROLES`` and the conformance formats (their module imports
+pydicom) are mirrored here; ``tests/unit/test_cli_choices.py`` checks that each mirror
+equals its source.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
+
+from dicomnode.training.formats import DataFormat, Split
+
+__all__ = [
+    "Calibration",
+    "ConformanceFormat",
+    "DataFormat",
+    "ExplainMode",
+    "LogLevel",
+    "Resize",
+    "Role",
+    "Split",
+]
 
 
 class LogLevel(StrEnum):
@@ -34,25 +48,6 @@ class Role(StrEnum):
     ALL = "all"
     RECEIVER = "receiver"
     WORKER = "worker"
-
-
-class DataFormat(StrEnum):
-    """``--format`` of the training commands: :class:`dicomnode.training.datasets.DataFormat`."""
-
-    AUTO = "auto"
-    FOLDER = "folder"
-    MEDMNIST = "medmnist"
-    RSNA = "rsna"
-    NIH = "nih"
-
-
-class Split(StrEnum):
-    """``evaluate --split``: :class:`dicomnode.training.datasets.Split`."""
-
-    ALL = "all"
-    TRAIN = "train"
-    VAL = "val"
-    TEST = "test"
 
 
 class Resize(StrEnum):

@@ -21,8 +21,6 @@ from dicomnode.errors import DicomNodeError
 if TYPE_CHECKING:
     from dicomnode.inference.manifest import IntendedPopulation
 
-if TYPE_CHECKING:
-    from dicomnode.training import datasets
 
 models_app = typer.Typer(no_args_is_help=True, help="Shipped and local models.")
 
@@ -110,7 +108,7 @@ def train(
 
     if in_chans not in (1, 3):
         raise typer.BadParameter("must be 1 or 3", param_hint="--in-chans")
-    fmt = _data_format(data_format)
+    fmt = data_format
     config = TrainConfig(
         data=data, arch=arch, out=out, name=name, fmt=fmt, images_dir=images_dir, epochs=epochs,
         batch_size=batch_size, img_size=img_size, in_chans=in_chans, resize=resize.value,
@@ -190,11 +188,10 @@ def evaluate(
     model name whose values are those metric objects.
     """
     _configure_logging(log_level.value)
-    from dicomnode.training import datasets
     from dicomnode.training.evaluate import evaluate_models, format_table
 
-    fmt = _data_format(data_format)
-    chosen = datasets.Split(split.value)
+    fmt = data_format
+    chosen = split
     try:
         result = evaluate_models(
             list(model), data, fmt=fmt, split=chosen, val_fraction=val_fraction, seed=seed,
@@ -237,7 +234,7 @@ def calibrate(
     _configure_logging(log_level.value)
     from dicomnode.training.calibrate import calibrate_model
 
-    fmt = _data_format(data_format)
+    fmt = data_format
     try:
         result = calibrate_model(
             model, data, fmt=fmt, images_dir=images_dir, method=method.value, n_boot=bootstrap,
@@ -285,7 +282,7 @@ def site_threshold(
     _configure_logging(log_level.value)
     from dicomnode.training.site import site_threshold as run_site_threshold
 
-    fmt = _data_format(data_format)
+    fmt = data_format
     try:
         result = run_site_threshold(
             model, data, out, policy=policy, fmt=fmt, images_dir=images_dir, site_name=site_name,
@@ -308,13 +305,6 @@ def site_threshold(
         typer.echo(
             json.dumps(_clean({"at_new_threshold": result.at_new.as_dict(), "at_source_threshold": result.at_source.as_dict()}))
         )
-
-
-def _data_format(value: DataFormat) -> datasets.DataFormat:
-    """The training package's format for the CLI's (same values, see :mod:`dicomnode.cli.choices`)."""
-    from dicomnode.training import datasets
-
-    return datasets.DataFormat(value.value)
 
 
 def _pair(before: tuple[float, ...], after: tuple[float, ...]) -> str:

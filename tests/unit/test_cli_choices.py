@@ -21,7 +21,6 @@ def _values(enum: type[StrEnum]) -> list[str]:
 def test_the_cli_enums_equal_their_sources() -> None:
     from dicomnode.conformance import OutputFormat
     from dicomnode.node import ROLES
-    from dicomnode.training import datasets
 
     fields = config.ModelSettings.model_fields
     assert _values(choices.ExplainMode) == list(get_args(fields["explain"].annotation))
@@ -29,8 +28,6 @@ def test_the_cli_enums_equal_their_sources() -> None:
         get_args(config.Settings.model_fields["log_level"].annotation)
     )
     assert _values(choices.Role) == list(ROLES)
-    assert _values(choices.DataFormat) == _values(datasets.DataFormat)
-    assert _values(choices.Split) == _values(datasets.Split)
     assert _values(choices.ConformanceFormat) == _values(OutputFormat)
 
 
