@@ -103,10 +103,7 @@ class Node:
         """
         from dicomnode.inference.loading import load_runner
         from dicomnode.pipeline import PipelineOptions
-        from dicomnode.receiving.handlers import ReceiveContext
-        from dicomnode.receiving.scp import start_scp
         from dicomnode.scheduling import NodeWorker, start_scheduler
-        from dicomnode.store.queue import utcnow
         from dicomnode.workpool import open_pool
 
         removed = self.files.remove_partials()
@@ -145,23 +142,42 @@ class Node:
             self.scheduler = start_scheduler(self.worker, self.settings.scheduler)
         if not self.run_receiver:
             return
-        context = ReceiveContext(
-            files=self.files, sessionmaker=self.sessions, clock=utcnow, min_free_bytes=self.settings.store.min_free_bytes
-        )
         try:
-            self.server = start_scp(self.settings.dicom, context, block=False, listeners=self.listeners)
+            self.start_receiver()
         except Exception:
             self.stop()
             raise
         dicom = self.settings.dicom
         logger.info("listening as %s on %s:%d", dicom.ae_title, dicom.bind_address, dicom.port)
 
-    def stop(self) -> None:
-        """Close the DICOM port first (no new work), then stop the scheduler."""
+    def start_receiver(self) -> None:
+        """Serve the DICOM port (``listeners`` when given) in a background thread.
+
+        :meth:`start` calls it; an extra receiving process
+        (:mod:`dicomnode.receiving.processes`) calls only this, on the sockets it inherited.
+
+        Raises:
+            OSError: the port cannot be bound.
+        """
+        from dicomnode.receiving.handlers import ReceiveContext
+        from dicomnode.receiving.scp import start_scp
+        from dicomnode.store.queue import utcnow
+
+        context = ReceiveContext(
+            files=self.files, sessionmaker=self.sessions, clock=utcnow, min_free_bytes=self.settings.store.min_free_bytes
+        )
+        self.server = start_scp(self.settings.dicom, context, block=False, listeners=self.listeners)
+
+    def stop(self, *, grace_s: float = 5.0) -> None:
+        """Close the DICOM port first (no new work), then stop the scheduler.
+
+        Args:
+            grace_s: seconds running associations may take to finish before they are aborted.
+        """
         if self.server is not None:
             from dicomnode.receiving.scp import stop_scp
 
-            stop_scp(self.server)
+            stop_scp(self.server, grace_s=grace_s)
             self.server = None
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=True)

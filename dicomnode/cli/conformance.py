@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from dicomnode.cli.choices import ConformanceFormat
 from dicomnode.cli.common import fail, settings_in_effect
 from dicomnode.errors import DicomNodeError
 
@@ -14,8 +15,8 @@ from dicomnode.errors import DicomNodeError
 def conformance(
     ctx: typer.Context,
     format: Annotated[
-        str, typer.Option("--format", "-f", help="Output format: md or html.", case_sensitive=False)
-    ] = "md",
+        ConformanceFormat, typer.Option("--format", "-f", help="Output format.", case_sensitive=False)
+    ] = ConformanceFormat.MD,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Write to this file instead of standard output.", dir_okay=False)
     ] = None,
@@ -23,13 +24,9 @@ def conformance(
     """Generate the node's DICOM Conformance Statement from the configuration in effect."""
     from dicomnode.conformance import OutputFormat, generate
 
-    try:
-        fmt = OutputFormat(format.lower())
-    except ValueError as exc:
-        raise typer.BadParameter(f"{format!r} is not one of: md, html", param_hint="--format") from exc
     settings = settings_in_effect(ctx, {})
     try:
-        text = generate(settings, fmt)
+        text = generate(settings, OutputFormat(format.value))
     except DicomNodeError as exc:
         fail(str(exc))
     if out is None:

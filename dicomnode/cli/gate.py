@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from dicomnode.cli.choices import LogLevel
 from dicomnode.cli.common import fail
 from dicomnode.errors import DicomNodeError
 
@@ -44,13 +45,13 @@ def fit(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda.")] = "auto",
     seed: Annotated[int, typer.Option(help="Subset and augmentation seed.")] = 0,
-    log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
+    log_level: Annotated[LogLevel, typer.Option("--log-level", case_sensitive=False)] = LogLevel.INFO,
 ) -> None:
     """Fit the input gate on the model's training images; writes gate.safetensors and the manifest's gate section."""
     from dicomnode import logconfig
     from dicomnode.training.gate_fit import GateFitConfig, fit_gate
 
-    logconfig.configure(log_level.upper())
+    logconfig.configure(log_level.value)
     config = GateFitConfig(
         model=model, data=data, max_images=max_images, augment_copies=augment_copies, n_components=components,
         target_acceptance=target_acceptance, batch_size=batch_size, device=device, seed=seed,

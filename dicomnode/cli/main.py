@@ -17,6 +17,7 @@ from typer.core import TyperGroup
 
 from dicomnode import __version__
 from dicomnode.cli import conformance, gate, operations, training
+from dicomnode.cli.choices import ExplainMode, LogLevel, Role
 from dicomnode.cli.common import CliContext, fail, settings_in_effect
 from dicomnode.cli.common import destination_in_effect as _destination_in_effect
 from dicomnode.cli.common import open_queue as _open_queue
@@ -139,14 +140,16 @@ def serve(
     stable_after: Annotated[float | None, typer.Option("--stable-after", help="Seconds of quiet before a study is processed.")] = None,
     interval: Annotated[float | None, typer.Option(help="Seconds between batch runs.")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Studies claimed per batch run.")] = None,
-    explain: Annotated[str | None, typer.Option(help="Grad-CAM for 'all' images or only 'positive' ones.")] = None,
+    explain: Annotated[
+        ExplainMode | None, typer.Option(help="Grad-CAM for all images or only positive ones.", case_sensitive=False)
+    ] = None,
     allowed_calling_aets: Annotated[
         str | None, typer.Option("--allowed-calling-aets", help="Comma-separated calling AE titles allowed (empty: any).")
     ] = None,
-    log_level: Annotated[str | None, typer.Option("--log-level", help="DEBUG, INFO, WARNING, ERROR.")] = None,
+    log_level: Annotated[LogLevel | None, typer.Option("--log-level", case_sensitive=False)] = None,
     role: Annotated[
-        str, typer.Option(help="all | receiver (DICOM port only) | worker (batches and sending only).")
-    ] = "all",
+        Role, typer.Option(help="all (both), receiver (DICOM port only) or worker (batches and sending only).")
+    ] = Role.ALL,
     receivers: Annotated[
         int | None,
         typer.Option("--receivers", min=0, help="Processes receiving on the DICOM port (0: CPU count, at most 4)."),
@@ -158,10 +161,8 @@ def serve(
 ) -> None:
     """Receive studies over DICOM, run batch inference, send results back. Stops on SIGTERM/SIGINT."""
     from dicomnode import logconfig
-    from dicomnode.node import ROLES, preflight, serve_forever
+    from dicomnode.node import preflight, serve_forever
 
-    if role not in ROLES:
-        raise typer.BadParameter(f"must be one of {', '.join(ROLES)}", param_hint="--role")
     settings = settings_in_effect(
         ctx,
         {
@@ -169,19 +170,19 @@ def serve(
                       "receiver_processes": receivers},
             "store": {"data_dir": data_dir, "db_url": db_url},
             "destination": _destination(destination),
-            "model": {"name": model, "device": device, "explain": explain},
+            "model": {"name": model, "device": device, "explain": explain.value if explain else None},
             "scheduler": {"stable_after_s": stable_after, "interval_s": interval, "batch_size": batch_size},
             "http": {"port": http_port},
-            "log_level": log_level.upper() if log_level else None,
+            "log_level": log_level.value if log_level else None,
         },
     )
     try:
-        preflight(settings, role)
+        preflight(settings, role.value)
     except DicomNodeError as exc:
         fail(str(exc))
     logconfig.configure(settings.log_level)
     try:
-        serve_forever(settings, role)
+        serve_forever(settings, role.value)
     except DicomNodeError as exc:
         fail(str(exc))
     except OSError as exc:
@@ -315,7 +316,9 @@ def predict(
     out: Annotated[Path, typer.Option(help="Folder for the SC and SR files.")],
     model: Annotated[str | None, typer.Option(help="Model name or manifest path.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N.")] = None,
-    explain: Annotated[str | None, typer.Option(help="Grad-CAM for 'all' images or only 'positive' ones.")] = None,
+    explain: Annotated[
+        ExplainMode | None, typer.Option(help="Grad-CAM for all images or only positive ones.", case_sensitive=False)
+    ] = None,
 ) -> None:
     """Run serve's pipeline offline on files: same acceptance rules, one line per file, SC + SR into --out.
 
@@ -326,7 +329,9 @@ def predict(
     from dicomnode.inference.loading import load_runner
     from dicomnode.pipeline import PipelineOptions, analyse_files
 
-    settings = settings_in_effect(ctx, {"model": {"name": model, "device": device, "explain": explain}})
+    settings = settings_in_effect(
+        ctx, {"model": {"name": model, "device": device, "explain": explain.value if explain else None}}
+    )
     # Library warnings pass the PHI guard; the per-file lines are the output, so INFO
     # chatter (model loaded, ...) is left out unless DEBUG is asked for.
     logconfig.configure(settings.log_level if settings.log_level == "DEBUG" else "WARNING")

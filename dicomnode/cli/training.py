@@ -14,14 +14,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from dicomnode.cli.choices import Calibration, DataFormat, LogLevel, Resize, Split
 from dicomnode.cli.common import fail
 from dicomnode.errors import DicomNodeError
 
 if TYPE_CHECKING:
     from dicomnode.inference.manifest import IntendedPopulation
 
-if TYPE_CHECKING:
-    from dicomnode.training.datasets import DataFormat
 
 models_app = typer.Typer(no_args_is_help=True, help="Shipped and local models.")
 
@@ -40,13 +39,15 @@ def train(
     arch: Annotated[str, typer.Option(help="timm architecture, e.g. efficientnet_lite0, resnet18, vit_tiny_patch16_224.")],
     out: Annotated[Path, typer.Option(help="Output folder: manifest.json, model.safetensors, metrics and plots.")],
     name: Annotated[str | None, typer.Option(help="Model name in the manifest (default: the --out folder name).")] = None,
-    data_format: Annotated[str, typer.Option("--format", help="auto, folder, medmnist, rsna, nih.")] = "auto",
+    data_format: Annotated[
+        DataFormat, typer.Option("--format", help="Dataset layout (auto: detected).", case_sensitive=False)
+    ] = DataFormat.AUTO,
     images_dir: Annotated[Path | None, typer.Option("--images-dir", help="Image folder for the CSV formats.")] = None,
     epochs: Annotated[int, typer.Option(min=1, help="Maximum epochs.")] = 10,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
     img_size: Annotated[int, typer.Option("--img-size", min=16, help="Square input side in pixels.")] = 224,
     in_chans: Annotated[int, typer.Option("--in-chans", min=1, max=3, help="1 or 3 input channels.")] = 3,
-    resize: Annotated[str, typer.Option(help="squash or pad (letterbox).")] = "squash",
+    resize: Annotated[Resize, typer.Option(help="squash, or pad (letterbox).", case_sensitive=False)] = Resize.SQUASH,
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Validation fraction carved from train.")] = 0.15,
     seed: Annotated[int, typer.Option(help="Seed of split, init, batch order and augmentation.")] = 0,
     init: Annotated[
@@ -60,8 +61,9 @@ def train(
         ),
     ] = "youden",
     calibration: Annotated[
-        str, typer.Option(help="temperature, platt or none: fitted on the validation logits before the threshold.")
-    ] = "temperature",
+        Calibration,
+        typer.Option(help="Fitted on the validation logits before the threshold.", case_sensitive=False),
+    ] = Calibration.TEMPERATURE,
     augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Training augmentations.")] = True,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt.")] = False,
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, cosine with warmup).")] = 1e-3,
@@ -94,30 +96,24 @@ def train(
     population_views: Annotated[
         str, typer.Option("--population-views", help="Intended ViewPosition values, e.g. AP,PA (empty: any).")
     ] = "",
-    log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
+    log_level: Annotated[LogLevel, typer.Option("--log-level", case_sensitive=False)] = LogLevel.INFO,
     gate: Annotated[
         bool, typer.Option("--gate/--no-gate", help="Fit the input gate at the end (same as `dicomnode gate fit`).")
     ] = True,
 ) -> None:
     """Train a classifier and write a model folder (manifest + safetensors + metrics + plots + input gate)."""
-    _configure_logging(log_level.upper())
-    from dicomnode.training.datasets import DataFormat
+    _configure_logging(log_level.value)
     from dicomnode.training.loop import TrainConfig
     from dicomnode.training.loop import train as run_training
 
-    if resize not in ("squash", "pad"):
-        raise typer.BadParameter("must be squash or pad", param_hint="--resize")
     if in_chans not in (1, 3):
         raise typer.BadParameter("must be 1 or 3", param_hint="--in-chans")
-    try:
-        fmt = DataFormat(data_format)
-    except ValueError as exc:
-        raise typer.BadParameter(f"unknown format {data_format!r}", param_hint="--format") from exc
+    fmt = data_format
     config = TrainConfig(
         data=data, arch=arch, out=out, name=name, fmt=fmt, images_dir=images_dir, epochs=epochs,
-        batch_size=batch_size, img_size=img_size, in_chans=in_chans, resize=resize,
+        batch_size=batch_size, img_size=img_size, in_chans=in_chans, resize=resize.value,
         val_fraction=val_fraction, seed=seed, init=init, threshold_policy=threshold_policy,
-        calibration=calibration, augment=augment, resume=resume, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
+        calibration=calibration.value, augment=augment, resume=resume, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
         patience=patience, max_train_samples=max_train_samples, max_minutes=max_minutes,
         stop_after_epoch=stop_after_epoch,
         device=device, threads=threads, description=description, recipe=recipe,
@@ -170,15 +166,19 @@ def evaluate(
         bool, typer.Option("--json", help="Print one JSON object on the last line (several models: keyed by name).")
     ] = False,
     out: Annotated[Path | None, typer.Option(help="Folder for report.json, predictions and ROC/PR/confusion/reliability PNGs.")] = None,
-    split: Annotated[str, typer.Option(help="all, train, val (re-carve the training split) or test.")] = "all",
+    split: Annotated[
+        Split, typer.Option(help="all, train, val (re-carve the training split) or test.", case_sensitive=False)
+    ] = Split.ALL,
     val_fraction: Annotated[float | None, typer.Option("--val-fraction", help="Split fraction (default: from the manifest).")] = None,
     seed: Annotated[int | None, typer.Option(help="Split seed (default: from the manifest).")] = None,
-    data_format: Annotated[str, typer.Option("--format", help="auto, folder, medmnist, rsna, nih.")] = "auto",
+    data_format: Annotated[
+        DataFormat, typer.Option("--format", help="Dataset layout (auto: detected).", case_sensitive=False)
+    ] = DataFormat.AUTO,
     images_dir: Annotated[Path | None, typer.Option("--images-dir")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
     device: Annotated[str, typer.Option(help="cpu, cuda.")] = "cpu",
     bootstrap: Annotated[int, typer.Option(min=0, help="Bootstrap resamples for the 95% CIs (AUC, accuracy, sens, spec).")] = 1000,
-    log_level: Annotated[str, typer.Option("--log-level")] = "WARNING",
+    log_level: Annotated[LogLevel, typer.Option("--log-level", case_sensitive=False)] = LogLevel.WARNING,
 ) -> None:
     """Evaluate one or more models: AUC (95% CI), accuracy, sensitivity, specificity, ...
 
@@ -187,18 +187,11 @@ def evaluate(
     ece, threshold, n, tp, fp, tn, fn, ...), or for several --model an object keyed by
     model name whose values are those metric objects.
     """
-    _configure_logging(log_level.upper())
-    from dicomnode.training.datasets import DataFormat, Split
+    _configure_logging(log_level.value)
     from dicomnode.training.evaluate import evaluate_models, format_table
 
-    try:
-        fmt = DataFormat(data_format)
-    except ValueError as exc:
-        raise typer.BadParameter(f"unknown format {data_format!r}", param_hint="--format") from exc
-    try:
-        chosen = Split(split)
-    except ValueError as exc:
-        raise typer.BadParameter("must be all, train, val or test", param_hint="--split") from exc
+    fmt = data_format
+    chosen = split
     try:
         result = evaluate_models(
             list(model), data, fmt=fmt, split=chosen, val_fraction=val_fraction, seed=seed,
@@ -219,27 +212,32 @@ def evaluate(
 def calibrate(
     model: Annotated[str, typer.Option(help="Model name (models/<name>) or manifest file/folder; rewritten in place (weights untouched).")],
     data: Annotated[Path, typer.Option(help="The data the model was trained on; its grouped validation split is re-carved.")],
-    method: Annotated[str, typer.Option(help="temperature (one per label), platt (temperature + bias) or none.")] = "temperature",
-    data_format: Annotated[str, typer.Option("--format", help="auto, folder, medmnist, rsna, nih.")] = "auto",
+    method: Annotated[
+        Calibration,
+        typer.Option(help="temperature (one per label), platt (temperature + bias) or none.", case_sensitive=False),
+    ] = Calibration.TEMPERATURE,
+    data_format: Annotated[
+        DataFormat, typer.Option("--format", help="Dataset layout (auto: detected).", case_sensitive=False)
+    ] = DataFormat.AUTO,
     images_dir: Annotated[Path | None, typer.Option("--images-dir")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="64 = what train uses.")] = 64,
     device: Annotated[str, typer.Option(help="cpu, cuda (use the device the model was trained on to match train exactly).")] = "cpu",
     bootstrap: Annotated[int, typer.Option(min=0, help="Bootstrap resamples for the 95% CIs.")] = 1000,
     as_json: Annotated[bool, typer.Option("--json", help="Print the new validation report as JSON on the last line.")] = False,
-    log_level: Annotated[str, typer.Option("--log-level")] = "WARNING",
+    log_level: Annotated[LogLevel, typer.Option("--log-level", case_sensitive=False)] = LogLevel.WARNING,
 ) -> None:
     """Post-hoc calibration: fit the temperature on the validation split, re-pick the threshold, rewrite the manifest.
 
     Same steps and result as the end of `train`: validation logits -> temperature (min NLL)
     -> calibrated probabilities -> threshold by the manifest's threshold_policy -> report.
     """
-    _configure_logging(log_level.upper())
+    _configure_logging(log_level.value)
     from dicomnode.training.calibrate import calibrate_model
 
-    fmt = _data_format(data_format)
+    fmt = data_format
     try:
         result = calibrate_model(
-            model, data, fmt=fmt, images_dir=images_dir, method=method, n_boot=bootstrap,
+            model, data, fmt=fmt, images_dir=images_dir, method=method.value, n_boot=bootstrap,
             batch_size=batch_size, device=device,
         )
     except DicomNodeError as exc:
@@ -266,23 +264,25 @@ def site_threshold(
     data: Annotated[Path, typer.Option(help="The site's labelled images, any layout train reads.")],
     out: Annotated[Path, typer.Option(help="New model folder (must not exist): copied weights + new manifest.")],
     policy: Annotated[str, typer.Option(help="youden, sensitivity:0.95 or specificity:0.9 (on calibrated probabilities).")] = "youden",
-    data_format: Annotated[str, typer.Option("--format", help="auto, folder, medmnist, rsna, nih.")] = "auto",
+    data_format: Annotated[
+        DataFormat, typer.Option("--format", help="Dataset layout (auto: detected).", case_sensitive=False)
+    ] = DataFormat.AUTO,
     images_dir: Annotated[Path | None, typer.Option("--images-dir")] = None,
     site_name: Annotated[str | None, typer.Option("--site-name", help="Tag for the version suffix (default: the --out folder name).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda.")] = "cpu",
     bootstrap: Annotated[int, typer.Option(min=0, help="Bootstrap resamples for the 95% CIs.")] = 1000,
     as_json: Annotated[bool, typer.Option("--json", help="Print the site figures as JSON on the last line.")] = False,
-    log_level: Annotated[str, typer.Option("--log-level")] = "WARNING",
+    log_level: Annotated[LogLevel, typer.Option("--log-level", case_sensitive=False)] = LogLevel.WARNING,
 ) -> None:
     """Choose the threshold on a site's own labelled data and write a copy of the model that uses it.
 
     Serve the copy with: dicomnode serve --model OUT (or OUT/manifest.json).
     """
-    _configure_logging(log_level.upper())
+    _configure_logging(log_level.value)
     from dicomnode.training.site import site_threshold as run_site_threshold
 
-    fmt = _data_format(data_format)
+    fmt = data_format
     try:
         result = run_site_threshold(
             model, data, out, policy=policy, fmt=fmt, images_dir=images_dir, site_name=site_name,
@@ -305,15 +305,6 @@ def site_threshold(
         typer.echo(
             json.dumps(_clean({"at_new_threshold": result.at_new.as_dict(), "at_source_threshold": result.at_source.as_dict()}))
         )
-
-
-def _data_format(value: str) -> DataFormat:
-    from dicomnode.training.datasets import DataFormat
-
-    try:
-        return DataFormat(value)
-    except ValueError as exc:
-        raise typer.BadParameter(f"unknown format {value!r}", param_hint="--format") from exc
 
 
 def _pair(before: tuple[float, ...], after: tuple[float, ...]) -> str:
@@ -398,10 +389,10 @@ def pretrain(
     ] = 0.15,
     max_minutes: Annotated[float | None, typer.Option("--max-minutes")] = None,
     threads: Annotated[int, typer.Option()] = 0,
-    log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
+    log_level: Annotated[LogLevel, typer.Option("--log-level", case_sensitive=False)] = LogLevel.INFO,
 ) -> None:
     """Masked-autoencoder pretraining of a ViT on the training images (then: train --init OUT/encoder.safetensors)."""
-    _configure_logging(log_level.upper())
+    _configure_logging(log_level.value)
     from dicomnode.training.pretrain import PretrainConfig
     from dicomnode.training.pretrain import pretrain as run_pretrain
 

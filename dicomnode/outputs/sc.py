@@ -83,8 +83,7 @@ def build_heatmap_sc(
     if missing:
         raise ValueError(f"source dataset lacks {', '.join(missing)}")
 
-    from highdicom.sc import ConversionTypeValues
-    from highdicom.sc import SCImage
+    from highdicom.sc import ConversionTypeValues, SCImage
 
     if sop_instance_uid is None:
         sop_instance_uid = derived_uid(

@@ -23,6 +23,21 @@ same SOP Instance UID again                           0x0000, first copy kept, n
 unexpected error in this module                       0x0110 processing failure
 ====================================================  =======================================
 
+The handler reads as three steps:
+
+1. **inspect** (:func:`_inspect`): the header only, through
+   :mod:`~dicomnode.receiving.validation` (which headers are refused, with which
+   status, and which are stored but skipped); nothing is written.
+2. **persist** (:func:`_persist`): under the UID's lock
+   (:meth:`~dicomnode.store.files.FileStore.lock_instance`), the Part-10 file
+   (:func:`~dicomnode.store.files.part10_parts`: the data set bytes as received)
+   is written, fsynced and linked into place, then the instance is recorded in
+   one committed transaction.
+3. **answer** (:func:`_answer`): the status, counted in the metrics.
+
+Between inspect and persist, :func:`_check_resources` may refuse an instance
+before anything is written (the hook for resource checks such as free disk space).
+
 Only an instance that is on disk (fsynced, linked into place) and recorded in a
 committed transaction is answered 0x0000. Logs carry the SOP Instance UID and the
 calling AE title, never patient data.
@@ -41,19 +56,14 @@ linked into place without ever replacing another process's file.
 
 from __future__ import annotations
 
-import fcntl
 import io
 import logging
-import os
-import struct
 import threading
-import zlib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
@@ -65,64 +75,27 @@ from dicomnode.domain import InstanceState
 from dicomnode.errors import RejectedInstance, StorageError
 from dicomnode.receiving.statuses import Status
 from dicomnode.receiving.validation import (
-    STORAGE_SOP_CLASSES,
     Accept,
+    InstanceHeader,
     Verdict,
-    check_structure,
+    check_command,
+    check_inflated_size,
     classify,
+    read_header,
     safe_text,
 )
 from dicomnode.store import duplicates, queue
-from dicomnode.store.files import FileStore
+from dicomnode.store.files import FileStore, part10_dataset, part10_parts
 from dicomnode.store.space import low_disk
-from dicomnode.uid import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, is_valid_uid
+from dicomnode.uid import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 if TYPE_CHECKING:
     from pynetdicom.events import Event
 
 logger = logging.getLogger(__name__)
 
-_LOCK_STRIPES: Final = 64
-_INFLATE_CHUNK: Final = 4 * 1024 * 1024
-#: Folder (under the data folder) of the per-UID lock files shared by receivers.
-LOCK_FOLDER: Final = "locks"
-
-
 #: Default for ``ReceiveContext.max_dataset_bytes`` (``DicomSettings.max_dataset_bytes``).
 DEFAULT_MAX_DATASET_BYTES: Final = 256 * 1024 * 1024
-
-
-class _UidLocks:
-    """Striped per-UID locks, within this process (threads) and across processes
-    (``flock`` on one of ``stripes`` lock files), so that check-duplicate -> write ->
-    record is atomic per SOP Instance UID for every receiver on one data folder."""
-
-    def __init__(self, stripes: int = _LOCK_STRIPES) -> None:
-        self._locks = tuple(threading.Lock() for _ in range(stripes))
-
-    def _stripe(self, uid: str) -> int:
-        return zlib.crc32(uid.encode("ascii", "replace")) % len(self._locks)
-
-    def for_uid(self, uid: str) -> threading.Lock:
-        """The in-process lock of ``uid``'s stripe."""
-        return self._locks[self._stripe(uid)]
-
-    @contextmanager
-    def hold(self, uid: str, lock_dir: Path) -> Iterator[None]:
-        """Hold ``uid``'s stripe in this process and across processes.
-
-        Raises:
-            OSError: the lock file cannot be created or locked (disk full, read-only).
-        """
-        stripe = self._stripe(uid)
-        with self._locks[stripe]:
-            lock_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(lock_dir / f"{stripe:02d}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                yield
-            finally:
-                os.close(fd)  # releases the flock
 
 
 @dataclass
@@ -153,7 +126,8 @@ class ReceiveContext:
     """What the C-STORE handler needs, built once by ``serve`` and passed to the SCP.
 
     Attributes:
-        files: the data folder where received Part-10 files are written.
+        files: the data folder where received Part-10 files are written (it also
+            holds the per-UID locks).
         sessionmaker: factory of database sessions (``store.db.make_sessionmaker``).
         clock: current time as naive UTC (the database convention), injectable for tests.
         max_dataset_bytes: largest data set taken, after inflating a deflated one
@@ -169,17 +143,14 @@ class ReceiveContext:
     max_dataset_bytes: int = DEFAULT_MAX_DATASET_BYTES
     min_free_bytes: int = 0
     counters: ReceiveCounters = field(default_factory=ReceiveCounters, compare=False)
-    _locks: _UidLocks = field(default_factory=_UidLocks, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
-class _Header:
-    """The few header values the handler needs, validated."""
+class _Inspected:
+    """What :func:`_inspect` learnt from a received data set's header."""
 
-    sop_class_uid: str
-    sop_instance_uid: str
-    study_instance_uid: str
-    series_instance_uid: str
+    header: InstanceHeader
+    verdict: Verdict
 
 
 def handle_echo(event: Event) -> Status:
@@ -196,7 +167,7 @@ def handle_echo(event: Event) -> Status:
 
 
 def handle_store(event: Event, context: ReceiveContext) -> Status:
-    """Validate, persist and queue one received instance; return its DIMSE status.
+    """Inspect, persist and answer one received instance; return its DIMSE status.
 
     Bound as ``(evt.EVT_C_STORE, handle_store, [context])``. Never raises: every
     failure becomes a status (see the module docstring table).
@@ -209,16 +180,10 @@ def handle_store(event: Event, context: ReceiveContext) -> Status:
         The DIMSE status: ``0x0000`` once the file is durable and recorded (also for
         skipped instances and duplicates), otherwise a failure status.
     """
-    status = _handle_store(event, context)
-    metrics.count_cstore_status(status)
-    return status
-
-
-def _handle_store(event: Event, context: ReceiveContext) -> Status:
     calling_ae = _calling_ae(event)
     try:
         try:
-            ds, header = _read_header(event, context)
+            inspected = _inspect(event, context)
         except RejectedInstance as exc:
             logger.warning(
                 "refused C-STORE %s from %s: 0x%04X %s",
@@ -227,141 +192,83 @@ def _handle_store(event: Event, context: ReceiveContext) -> Status:
                 exc.status,
                 exc.reason,
             )
-            return Status(exc.status)
-        if _refuse_low_disk(context, header.sop_instance_uid, calling_ae):
-            return Status.OUT_OF_RESOURCES
-        verdict = classify(ds)
-        return _persist(event, context, header, verdict, calling_ae)
+            return _answer(Status(exc.status))
+        refusal = _check_resources(context, inspected.header, calling_ae)
+        if refusal is not None:
+            return _answer(refusal)
+        return _answer(_persist(event, context, inspected, calling_ae))
     except Exception:
         logger.exception("unexpected error storing %s from %s", _command_uid(event), calling_ae)
-        return Status.PROCESSING_FAILURE
+        return _answer(Status.PROCESSING_FAILURE)
 
 
-def _refuse_low_disk(context: ReceiveContext, uid: str, calling_ae: str) -> bool:
-    """True (and logged) when the data folder is below ``context.min_free_bytes`` of free space."""
-    problem = low_disk(context.files.data_dir, context.min_free_bytes)
-    if problem is None:
-        return False
-    logger.error("refused C-STORE %s from %s: 0xA700 %s", uid, calling_ae, problem)
-    return True
-
-
-def _read_header(event: Event, context: ReceiveContext) -> tuple[Dataset, _Header]:
-    """Parse the data set and check its identifying UIDs against the command.
+def _inspect(event: Event, context: ReceiveContext) -> _Inspected:
+    """Step 1: read the header (never the pixels) and decide what to do with it.
 
     Raises:
-        RejectedInstance: with the status to answer.
+        RejectedInstance: with the status to answer; nothing is written.
     """
     transfer_syntax = UID(event.context.transfer_syntax)
     if transfer_syntax == DeflatedExplicitVRLittleEndian:
-        _check_inflated_size(event, context.max_dataset_bytes)
+        raw = getattr(event.request, "DataSet", None)
+        payload: bytes = raw.getvalue() if raw is not None and hasattr(raw, "getvalue") else b""
+        check_inflated_size(payload, context.max_dataset_bytes)
     try:
-        ds = event.dataset
+        ds: Dataset = event.dataset
     except Exception as exc:
         raise RejectedInstance(
             Status.CANNOT_UNDERSTAND, f"data set cannot be decoded ({type(exc).__name__})"
         ) from exc
-    check_structure(ds, transfer_syntax)
-
-    header = _Header(
-        sop_class_uid=_required_uid(ds, "SOPClassUID"),
-        sop_instance_uid=_required_uid(ds, "SOPInstanceUID"),
-        study_instance_uid=_required_uid(ds, "StudyInstanceUID"),
-        series_instance_uid=_required_uid(ds, "SeriesInstanceUID"),
+    header = read_header(ds, transfer_syntax)
+    check_command(
+        header,
+        command_sop_class_uid=getattr(event.request, "AffectedSOPClassUID", None),
+        command_sop_instance_uid=getattr(event.request, "AffectedSOPInstanceUID", None),
+        context_sop_class_uid=event.context.abstract_syntax,
     )
-    request = event.request
-    command_instance = getattr(request, "AffectedSOPInstanceUID", None)
-    command_class = getattr(request, "AffectedSOPClassUID", None)
-    if str(command_instance or "") != header.sop_instance_uid:
-        raise RejectedInstance(
-            Status.MISMATCH, "Affected SOP Instance UID differs from the data set's"
-        )
-    if str(command_class or "") != header.sop_class_uid:
-        raise RejectedInstance(
-            Status.MISMATCH, "Affected SOP Class UID differs from the data set's"
-        )
-    if header.sop_class_uid != str(event.context.abstract_syntax):
-        raise RejectedInstance(
-            Status.MISMATCH, "SOP Class UID differs from the presentation context's"
-        )
-    if header.sop_class_uid not in STORAGE_SOP_CLASSES:
-        raise RejectedInstance(
-            Status.SOP_CLASS_NOT_SUPPORTED, f"SOP class {header.sop_class_uid} is not taken"
-        )
-    return ds, header
+    return _Inspected(header=header, verdict=classify(ds))
 
 
-def _check_inflated_size(event: Event, limit: int) -> None:
-    """Inflate a deflated data set in bounded steps before pydicom does it unbounded.
+def _check_resources(
+    context: ReceiveContext, header: InstanceHeader, calling_ae: str
+) -> Status | None:
+    """Hook between inspect and persist: a status that refuses the instance before
+    anything is written, or None to go on.
 
-    pynetdicom inflates with one ``zlib.decompress`` call, so a few hundred KiB of
-    deflated zeros would become gigabytes. Here at most ``limit`` bytes are
-    produced and the data set is refused if more would follow.
-
-    Raises:
-        RejectedInstance: ``0xC223`` when it inflates past ``limit``, ``0xC210``
-            when the deflate stream is corrupt.
+    ``0xA700`` (Out of Resources) when the data folder has less than
+    ``store.min_free_bytes`` free (logged with the reason, no patient data).
     """
-    raw = getattr(event.request, "DataSet", None)
-    payload: bytes = raw.getvalue() if raw is not None and hasattr(raw, "getvalue") else b""
-    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    pending: bytes = payload
-    total = 0
-    try:
-        while True:  # bounded: each round consumes input or ends
-            total += len(inflater.decompress(pending, _INFLATE_CHUNK))
-            if total > limit:
-                raise RejectedInstance(
-                    Status.DATASET_TOO_LARGE,
-                    f"deflated data set of {len(payload)} bytes inflates past max_dataset_bytes ({limit})",
-                )
-            pending = inflater.unconsumed_tail
-            if not pending:
-                break
-        total += len(inflater.flush())
-    except zlib.error as exc:
-        raise RejectedInstance(Status.CANNOT_UNDERSTAND, "deflated data set is corrupt") from exc
-    if total > limit:
-        raise RejectedInstance(
-            Status.DATASET_TOO_LARGE,
-            f"deflated data set of {len(payload)} bytes inflates past max_dataset_bytes ({limit})",
-        )
+    problem = low_disk(context.files.data_dir, context.min_free_bytes)
+    if problem is None:
+        return None
+    logger.error("refused C-STORE %s from %s: 0xA700 %s", header.sop_instance_uid, calling_ae, problem)
+    return Status.OUT_OF_RESOURCES
 
 
-def _required_uid(ds: Dataset, keyword: str) -> str:
-    """A present, single-valued, valid UID attribute.
-
-    Raises:
-        RejectedInstance: ``0xC220`` when missing or empty, ``0xC221`` when invalid.
-    """
-    value: Any = ds.get(keyword)
-    if value is None or value == "":
-        raise RejectedInstance(Status.MISSING_UID, f"{keyword} is missing")
-    if not is_valid_uid(value):
-        length = len(value) if isinstance(value, str) else "multi-valued"
-        raise RejectedInstance(
-            Status.INVALID_UID, f"{keyword} is not a valid UID (length {length})"
-        )
-    return str(value)
+def _answer(status: Status) -> Status:
+    """Step 3: count the status in the metrics and hand it to pynetdicom."""
+    metrics.count_cstore_status(status)
+    return status
 
 
 def _persist(
-    event: Event, context: ReceiveContext, header: _Header, verdict: Verdict, calling_ae: str
+    event: Event, context: ReceiveContext, inspected: _Inspected, calling_ae: str
 ) -> Status:
-    """Write the received bytes and record the instance; the status to answer."""
-    uid = header.sop_instance_uid
+    """Step 2: write the received bytes and record the instance; the status to answer."""
+    uid = inspected.header.sop_instance_uid
     try:
-        with context._locks.hold(uid, context.files.data_dir / LOCK_FOLDER):
-            return _persist_locked(event, context, header, verdict, calling_ae)
+        with context.files.lock_instance(uid):
+            return _persist_locked(event, context, inspected, calling_ae)
     except OSError as exc:  # the lock file cannot be created or locked
         logger.error("cannot lock %s from %s: %s", uid, calling_ae, type(exc).__name__)
         return Status.OUT_OF_RESOURCES
 
 
 def _persist_locked(
-    event: Event, context: ReceiveContext, header: _Header, verdict: Verdict, calling_ae: str
+    event: Event, context: ReceiveContext, inspected: _Inspected, calling_ae: str
 ) -> Status:
     """:func:`_persist` with the UID's lock held (in this process and across processes)."""
+    header = inspected.header
     uid = header.sop_instance_uid
     path = context.files.incoming_path(uid)
     try:
@@ -392,6 +299,7 @@ def _persist_locked(
                 part.release()  # the received buffer is resizable again
         del parts
 
+    verdict = inspected.verdict
     accepted = isinstance(verdict, Accept)
     skip_reason = None if isinstance(verdict, Accept) else verdict.reason
     try:
@@ -426,20 +334,17 @@ def _persist_locked(
 
 
 def _file_parts(event: Event) -> list[bytes | memoryview]:
-    """The Part-10 file of the received data set as two parts, without copying it:
-    preamble + ``DICM`` + a fresh File Meta header (with the node's Implementation Class
-    UID and Version Name), then a view of the data set bytes
-    exactly as received (what ``event.encoded_dataset()`` joins into one copy)."""
-    from pynetdicom.dsutils import encode_file_meta
-
+    """The Part-10 file of the received data set (:func:`~dicomnode.store.files.part10_parts`),
+    without copying it: a fresh File Meta header with the node's Implementation Class
+    UID and Version Name, then a view of the data set bytes exactly as received (what
+    ``event.encoded_dataset()`` joins into one copy)."""
     meta = event.file_meta
     meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID  # we write the file, not pynetdicom
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-    header = b"\x00" * 128 + b"DICM" + encode_file_meta(meta)
     stream = getattr(event.request, "DataSet", None)
     if isinstance(stream, io.BytesIO):
-        return [header, stream.getbuffer()]
-    return [header, event.encoded_dataset(include_meta=False)]
+        return part10_parts(meta, stream.getbuffer())
+    return part10_parts(meta, event.encoded_dataset(include_meta=False))
 
 
 def _log_duplicate(
@@ -448,7 +353,7 @@ def _log_duplicate(
     """Log and count a repeat of a stored instance (the first copy always wins)."""
     incoming = event.encoded_dataset(include_meta=False)
     try:
-        stored = _dataset_part(path.read_bytes())
+        stored = part10_dataset(path.read_bytes())
     except OSError:
         stored = None
     conflicting = stored != incoming
@@ -477,14 +382,6 @@ def _log_duplicate(
         "unreadable" if stored is None else len(stored),
         total,
     )
-
-
-def _dataset_part(raw: bytes) -> bytes | None:
-    """The data set bytes of a Part-10 file we wrote (after preamble and File Meta)."""
-    if len(raw) < 144 or raw[128:132] != b"DICM" or raw[132:136] != b"\x02\x00\x00\x00":
-        return None
-    (group_length,) = struct.unpack_from("<I", raw, 140)
-    return raw[144 + group_length :]
 
 
 def _discard(context: ReceiveContext, path: Path, uid: str) -> None:

@@ -10,7 +10,7 @@ of the processes waiting in ``accept``. No ``SO_REUSEPORT``: a second node start
 on the same port still fails with "address in use".
 
 The children share the data folder and the database with the parent: the per-UID
-``flock`` of :mod:`dicomnode.receiving.handlers` and SQLite's ``BEGIN IMMEDIATE`` /
+``flock`` of :mod:`dicomnode.store.files` and SQLite's ``BEGIN IMMEDIATE`` /
 busy timeout make that safe. They never run the batch worker.
 
 Lifetime:
@@ -246,26 +246,18 @@ def child_main(argv: list[str] | None = None) -> int:
 
     from dicomnode import logconfig
     from dicomnode.config import Settings
-    from dicomnode.receiving.handlers import ReceiveContext
-    from dicomnode.receiving.scp import Listeners, start_scp, stop_scp
-    from dicomnode.store.db import make_engine, make_sessionmaker
-    from dicomnode.store.files import FileStore
-    from dicomnode.store.queue import utcnow
+    from dicomnode.node import Node
+    from dicomnode.receiving.scp import Listeners
 
     settings = Settings.model_validate_json(sys.stdin.buffer.read())
     logconfig.configure(settings.log_level)
     listeners = Listeners(sockets[0], sockets[1] if len(sockets) > 1 else None)
-    engine = make_engine(settings.store)
-    context = ReceiveContext(
-        files=FileStore(settings.store.data_dir, fsync=settings.store.fsync),
-        sessionmaker=make_sessionmaker(engine),
-        clock=utcnow,
-        min_free_bytes=settings.store.min_free_bytes,
-    )
-    server = None
+    # The node's own wiring (settings -> engine -> FileStore -> handlers), receiver only:
+    # no model, no scheduler, and no clean-up of partial files other processes may be writing.
+    node = Node(settings, run_worker=False, listeners=listeners)
     try:
         if not stop_requested:
-            server = start_scp(settings.dicom, context, listeners=listeners)
+            node.start_receiver()
             logger.debug("receiving process %d serves the node's port", os.getpid())
         while not stop_requested:
             time.sleep(_PARENT_POLL_S)
@@ -276,10 +268,8 @@ def child_main(argv: list[str] | None = None) -> int:
                 _stop_listening(sockets)
                 break
     finally:
-        if server is not None:
-            stop_scp(server, grace_s=args.grace)
+        node.stop(grace_s=args.grace)
         listeners.close()
-        engine.dispose()
     return 0
 
 

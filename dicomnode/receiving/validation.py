@@ -1,12 +1,18 @@
 """Header-only acceptance rules for incoming chest radiographs (no pixel decoding).
 
-Two questions are asked of every received data set, in this order:
+Three questions are asked of every received data set, in this order:
 
-1. :func:`check_structure` -- can we understand it at all? Every element must parse
-   and native pixel data must be as long as its dimensions say. A failure raises
+1. :func:`read_header` -- can we understand it at all? A deflated data set must not
+   inflate past the size limit (:func:`check_inflated_size`), every element must
+   parse, native pixel data must be as long as its dimensions say
+   (:func:`check_structure`), and the SOP Class/Instance, Study and Series UIDs
+   must be present and valid. A failure raises
    :class:`~dicomnode.errors.RejectedInstance` with a ``0xC2xx`` status: the sender
    gets a failure and nothing is stored.
-2. :func:`classify` -- is it a single-frame grayscale chest radiograph we can use?
+2. :func:`check_command` -- does the data set match its C-STORE command and
+   presentation context, and is its SOP class one we take? Otherwise ``0xA900``
+   or ``0x0122``, nothing stored.
+3. :func:`classify` -- is it a single-frame grayscale chest radiograph we can use?
    :class:`Accept`, or :class:`Skip` with a readable reason. Skipped instances are
    still stored and acknowledged with ``0x0000`` (a refusal only makes senders
    retry), but never reach the model.
@@ -31,9 +37,10 @@ from __future__ import annotations
 
 import re
 import struct
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
@@ -50,6 +57,7 @@ from pydicom.uid import (
 
 from dicomnode.errors import RejectedInstance
 from dicomnode.receiving.statuses import Status
+from dicomnode.uid import is_valid_uid
 
 # --- SOP classes we take (the association refuses every other storage class) ---
 #: CR, DX (for presentation and for processing) and Secondary Capture; also
@@ -95,6 +103,18 @@ _TEXT_CONTROLS: Final = frozenset("\x1b\t\n\x0c\r")
 _UNDEFINED_LENGTH: Final = 0xFFFFFFFF
 _ITEM_TAG: Final = 0xE000FFFE  # (FFFE,E000) read as little-endian uint32 of group, element
 _SEQ_DELIM_TAG: Final = 0xE0DDFFFE
+#: Most bytes one inflate step of :func:`check_inflated_size` produces.
+_INFLATE_CHUNK: Final = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class InstanceHeader:
+    """The identifying UIDs of a received data set, each present and valid."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
 
 
 @dataclass(frozen=True)
@@ -121,6 +141,121 @@ def safe_text(value: object, limit: int = 16) -> str:
     """A short printable-ASCII rendering of an untrusted header value for reasons and logs."""
     text = str(value)[:limit]
     return "".join(ch if 0x20 <= ord(ch) < 0x7F else "?" for ch in text)
+
+
+def read_header(ds: Dataset, transfer_syntax: UID) -> InstanceHeader:
+    """Check that the data set parses (:func:`check_structure`) and read its UIDs.
+
+    Args:
+        ds: the received data set (as decoded lazily by pydicom/pynetdicom).
+        transfer_syntax: the presentation context's transfer syntax.
+
+    Returns:
+        The SOP Class/Instance, Study and Series Instance UIDs.
+
+    Raises:
+        RejectedInstance: the :func:`check_structure` statuses; ``0xC220`` when one
+            of the UIDs is missing or empty, ``0xC221`` when one is not a valid UID.
+    """
+    check_structure(ds, transfer_syntax)
+    return InstanceHeader(
+        sop_class_uid=_required_uid(ds, "SOPClassUID"),
+        sop_instance_uid=_required_uid(ds, "SOPInstanceUID"),
+        study_instance_uid=_required_uid(ds, "StudyInstanceUID"),
+        series_instance_uid=_required_uid(ds, "SeriesInstanceUID"),
+    )
+
+
+def check_command(
+    header: InstanceHeader,
+    *,
+    command_sop_class_uid: object,
+    command_sop_instance_uid: object,
+    context_sop_class_uid: object,
+) -> None:
+    """Check the data set against its C-STORE request and presentation context.
+
+    Args:
+        header: the data set's UIDs (:func:`read_header`).
+        command_sop_class_uid: the request's Affected SOP Class UID (None when absent).
+        command_sop_instance_uid: the request's Affected SOP Instance UID (None when absent).
+        context_sop_class_uid: the presentation context's abstract syntax.
+
+    Raises:
+        RejectedInstance: ``0xA900`` when a command or context UID differs from the
+            data set's, ``0x0122`` when the SOP class is not in :data:`STORAGE_SOP_CLASSES`.
+    """
+    if str(command_sop_instance_uid or "") != header.sop_instance_uid:
+        raise RejectedInstance(
+            Status.MISMATCH, "Affected SOP Instance UID differs from the data set's"
+        )
+    if str(command_sop_class_uid or "") != header.sop_class_uid:
+        raise RejectedInstance(
+            Status.MISMATCH, "Affected SOP Class UID differs from the data set's"
+        )
+    if header.sop_class_uid != str(context_sop_class_uid):
+        raise RejectedInstance(
+            Status.MISMATCH, "SOP Class UID differs from the presentation context's"
+        )
+    if header.sop_class_uid not in STORAGE_SOP_CLASSES:
+        raise RejectedInstance(
+            Status.SOP_CLASS_NOT_SUPPORTED, f"SOP class {header.sop_class_uid} is not taken"
+        )
+
+
+def check_inflated_size(payload: bytes | memoryview, limit: int) -> None:
+    """Inflate a deflated data set in bounded steps before pydicom does it unbounded.
+
+    pynetdicom inflates with one ``zlib.decompress`` call, so a few hundred KiB of
+    deflated zeros would become gigabytes. Here at most ``limit`` bytes are
+    produced (in steps of 4 MiB, then discarded) and the data set is refused if
+    more would follow.
+
+    Args:
+        payload: the deflated data set bytes as received.
+        limit: most bytes the inflated data set may have.
+
+    Raises:
+        RejectedInstance: ``0xC223`` when it inflates past ``limit``, ``0xC210``
+            when the deflate stream is corrupt.
+    """
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    pending: bytes | memoryview = payload
+    total = 0
+    too_large = RejectedInstance(
+        Status.DATASET_TOO_LARGE,
+        f"deflated data set of {len(payload)} bytes inflates past max_dataset_bytes ({limit})",
+    )
+    try:
+        while True:  # bounded: each round consumes input or ends
+            total += len(inflater.decompress(pending, _INFLATE_CHUNK))
+            if total > limit:
+                raise too_large
+            pending = inflater.unconsumed_tail
+            if not pending:
+                break
+        total += len(inflater.flush())
+    except zlib.error as exc:
+        raise RejectedInstance(Status.CANNOT_UNDERSTAND, "deflated data set is corrupt") from exc
+    if total > limit:
+        raise too_large
+
+
+def _required_uid(ds: Dataset, keyword: str) -> str:
+    """A present, single-valued, valid UID attribute.
+
+    Raises:
+        RejectedInstance: ``0xC220`` when missing or empty, ``0xC221`` when invalid.
+    """
+    value: Any = ds.get(keyword)
+    if value is None or value == "":
+        raise RejectedInstance(Status.MISSING_UID, f"{keyword} is missing")
+    if not is_valid_uid(value):
+        length = len(value) if isinstance(value, str) else "multi-valued"
+        raise RejectedInstance(
+            Status.INVALID_UID, f"{keyword} is not a valid UID (length {length})"
+        )
+    return str(value)
 
 
 def check_structure(ds: Dataset, transfer_syntax: UID) -> None:

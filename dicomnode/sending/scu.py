@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Final
 
 from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
 from pydicom.uid import (
     UID,
     ComprehensiveSRStorage,
@@ -130,7 +131,7 @@ def send_files(destination: DestinationSettings, calling_ae_title: str, paths: S
 def _send_one(assoc: object, path: Path, where: str) -> SendOutcome:
     try:
         dataset = dcmread(path)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, InvalidDicomError) as exc:  # one bad file must not stop the round
         return SendOutcome(path, False, None, f"cannot read result file: {exc}")
     try:
         status = assoc.send_c_store(dataset)  # type: ignore[attr-defined]

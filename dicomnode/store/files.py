@@ -5,20 +5,118 @@ so no UID (however hostile) can choose where a file lands:
 
     <data_dir>/incoming/ab/cd/<sha256>.dcm      received instances
     <data_dir>/results/ab/cd/<sha256>.dcm       produced SC / SR objects
+    <data_dir>/locks/NN.lock                    per-UID lock stripes shared by receivers
+
+A received instance is stored as a Part-10 file built by :func:`part10_parts`: the
+128-byte preamble, ``DICM``, a File Meta header, then the data set bytes exactly as
+received (never re-encoded). :meth:`FileStore.lock_instance` makes check-write-record
+atomic per SOP Instance UID for every process on one data folder.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
+import struct
 import tempfile
-from collections.abc import Sequence
+import threading
+import zlib
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Final
+
+from pydicom.dataset import FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
 
 from dicomnode.errors import StorageError
 
 #: Folder of the data folder that holds produced SC / SR objects.
 RESULTS_AREA = "results"
+#: Folder (under the data folder) of the per-UID lock files shared by receivers.
+LOCK_FOLDER: Final = "locks"
+#: Number of lock stripes (files in :data:`LOCK_FOLDER`, locks per process).
+LOCK_STRIPES: Final = 64
+#: The Part-10 preamble (PS3.10 7.1): 128 zero bytes, then the ``DICM`` prefix.
+PART10_PREAMBLE: Final = b"\x00" * 128 + b"DICM"
+
+
+def part10_parts(
+    file_meta: FileMetaDataset, dataset: bytes | memoryview
+) -> list[bytes | memoryview]:
+    """The Part-10 file of an encoded data set, as two parts, without copying the data set.
+
+    Args:
+        file_meta: the File Meta Information (group 0002) to write, encoded as
+            explicit VR little endian with its group length.
+        dataset: the data set bytes in the transfer syntax ``file_meta`` names,
+            exactly as received (a view of the received buffer is fine).
+
+    Returns:
+        ``[preamble + DICM + file meta, dataset]``, ready for :meth:`FileStore.write_atomic`.
+    """
+    buffer = DicomBytesIO()
+    buffer.is_little_endian = True
+    buffer.is_implicit_VR = False
+    write_file_meta_info(buffer, file_meta)
+    return [PART10_PREAMBLE + buffer.getvalue(), dataset]
+
+
+def part10_dataset(raw: bytes) -> bytes | None:
+    """The data set bytes of a Part-10 file written from :func:`part10_parts`.
+
+    Args:
+        raw: the whole file.
+
+    Returns:
+        The bytes after the preamble and File Meta header, or None when ``raw`` does not
+        start with a preamble, ``DICM`` and a File Meta group length.
+    """
+    if len(raw) < 144 or raw[128:132] != b"DICM" or raw[132:136] != b"\x02\x00\x00\x00":
+        return None
+    (group_length,) = struct.unpack_from("<I", raw, 140)
+    return raw[144 + group_length :]
+
+
+class UidLocks:
+    """Striped per-UID locks, within this process (threads) and across processes
+    (``flock`` on one of ``stripes`` lock files in a folder), so that check-duplicate
+    -> write -> record is atomic per SOP Instance UID for every receiver on one data folder.
+
+    Args:
+        lock_dir: folder of the lock files (created on first use).
+        stripes: number of stripes; UIDs hash (crc32) onto them.
+    """
+
+    def __init__(self, lock_dir: Path, stripes: int = LOCK_STRIPES) -> None:
+        self.lock_dir = lock_dir
+        self._locks = tuple(threading.Lock() for _ in range(stripes))
+
+    def _stripe(self, uid: str) -> int:
+        return zlib.crc32(uid.encode("ascii", "replace")) % len(self._locks)
+
+    def for_uid(self, uid: str) -> threading.Lock:
+        """The in-process lock of ``uid``'s stripe."""
+        return self._locks[self._stripe(uid)]
+
+    @contextmanager
+    def hold(self, uid: str) -> Iterator[None]:
+        """Hold ``uid``'s stripe in this process and across processes.
+
+        Raises:
+            OSError: the lock file cannot be created or locked (disk full, read-only).
+        """
+        stripe = self._stripe(uid)
+        with self._locks[stripe]:
+            self.lock_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.lock_dir / f"{stripe:02d}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)  # releases the flock
 
 
 def check_data_dir(path: Path, *, create: bool = False, write: bool = True) -> bool:
@@ -65,6 +163,16 @@ class FileStore:
         #: Flush each file's data to stable storage before it is linked into place
         #: (``StoreSettings.fsync``); False only where losing files on power loss is fine.
         self.fsync = fsync
+        self._locks = UidLocks(self.data_dir / LOCK_FOLDER)
+
+    def lock_instance(self, sop_instance_uid: str) -> AbstractContextManager[None]:
+        """Hold ``sop_instance_uid``'s lock in this process and across processes sharing
+        the data folder (``flock`` on a stripe file in ``<data_dir>/locks``).
+
+        Raises:
+            OSError: the lock file cannot be created or locked (disk full, read-only).
+        """
+        return self._locks.hold(sop_instance_uid)
 
     def _hashed(self, area: str, uid: str) -> Path:
         digest = hashlib.sha256(uid.encode("ascii", "replace")).hexdigest()

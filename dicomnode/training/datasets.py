@@ -20,12 +20,13 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
 
 from dicomnode.errors import DataError, InferenceError
+from dicomnode.training.formats import DataFormat as DataFormat  # noqa: PLC0414 - re-export
+from dicomnode.training.formats import Split as Split  # noqa: PLC0414 - re-export
 
 logger = logging.getLogger(__name__)
 
@@ -49,25 +50,6 @@ NIH_FINDINGS: tuple[str, ...] = (
     "Hernia",
 )
 """The 14 NIH ChestX-ray14 findings, in ChestMNIST label order."""
-
-
-class DataFormat(StrEnum):
-    """Dataset layouts understood by ``--data`` (detected, or given with ``--format``)."""
-
-    AUTO = "auto"
-    FOLDER = "folder"
-    MEDMNIST = "medmnist"
-    RSNA = "rsna"
-    NIH = "nih"
-
-
-class Split(StrEnum):
-    """Which part of a dataset to use."""
-
-    ALL = "all"
-    TRAIN = "train"
-    VAL = "val"
-    TEST = "test"
 
 
 @dataclass

@@ -90,14 +90,20 @@ class NodeProcess:
         raise AssertionError(f"port {self.port} still accepts 20 s after the node was killed")
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        return int(self.process.returncode)
+        """SIGTERM the node (SIGKILL after 30 s); its exit code."""
+        return stop_process(self.process)
+
+
+def stop_process(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout_s: float = 30) -> int:
+    """Send ``sig`` to a running ``process``, SIGKILL it when it outlives ``timeout_s``; its exit code."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+    return int(process.returncode)
 
 
 def start_node(data_dir: Path, args: list[str], *, port: int | None = None, log_name: str = "node.log") -> NodeProcess:
@@ -194,3 +200,29 @@ def dciodvfy_errors(path: Path) -> list[str]:
     result = subprocess.run([tool, str(path)], check=False, capture_output=True, text=True, timeout=60)
     output = result.stdout + result.stderr
     return [line for line in output.splitlines() if line.startswith("Error")]
+
+
+@contextmanager
+def node_sending_to_storescp(tmp_path: Path, model: Path, *args: str) -> Iterator[tuple[NodeProcess, StoreSCP]]:
+    """A node in ``tmp_path/node`` on ``model``, batching every second, that sends its
+    results to a DCMTK storescp writing into ``tmp_path/pacs``; further serve ``args``.
+
+    The node must stop cleanly (exit code 0) when the block ends; its log is in ``node.log``.
+    """
+    with run_storescp(tmp_path / "pacs") as pacs:
+        node = start_node(
+            tmp_path / "node",
+            ["--destination", pacs.spec, "--model", str(model), "--stable-after", "1", "--interval", "1", *args],
+        )
+        try:
+            yield node, pacs
+        finally:
+            assert node.stop() == 0, node.log.read_text()[-3000:]
+
+
+def dicomnode_status(data_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """``dicomnode status --data-dir DATA_DIR [extra]`` as a separate process."""
+    return subprocess.run(
+        [sys.executable, "-m", "dicomnode", "status", "--data-dir", str(data_dir), *extra],
+        capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, check=False,
+    )  # fmt: skip

@@ -49,8 +49,15 @@ from tests.helpers import (
     make_tiny_model,
     wait_for_port,
 )
-from tests.integration.peers import NodeProcess, StoreSCP, run_storescp, start_node, wait_until
-from tests.unit.receiving.conftest import associate, run_scp
+from tests.integration.peers import (
+    NodeProcess,
+    StoreSCP,
+    run_storescp,
+    start_node,
+    stop_process,
+    wait_until,
+)
+from tests.peers.scp import associate, run_scp
 
 pytestmark = [pytest.mark.integration, pytest.mark.dcmtk]
 
@@ -300,12 +307,7 @@ def test_file_size_limit_write_failure_is_a700_without_partial(data_dir: Path) -
         ]
         assoc.release()
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_process(process, signal.SIGINT, timeout_s=20)
     assert statuses == [0x0000, Status.OUT_OF_RESOURCES, 0x0000]
     assert _partials(data_dir) == []
     assert not FileStore(data_dir).incoming_path(big.SOPInstanceUID).exists()

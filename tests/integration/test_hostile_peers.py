@@ -25,8 +25,8 @@ from dicomnode.receiving.handlers import ReceiveContext
 from dicomnode.receiving.scp import stop_scp
 from dicomnode.store.models import Instance
 from tests.helpers import DX_PRESENTATION_STORAGE, dcmtk, make_cxr_dataset
-from tests.unit.receiving import rawpeer
-from tests.unit.receiving.conftest import NODE_AE, RunningScp, run_scp
+from tests.peers import rawpeer
+from tests.peers.scp import NODE_AE, RunningScp, run_scp
 
 pytestmark = [pytest.mark.integration, pytest.mark.dcmtk]
 

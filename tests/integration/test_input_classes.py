@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
-from pynetdicom import AE
 
-from tests.helpers import REPO_ROOT, make_tiny_model
-from tests.integration.peers import run_storescp, start_node, wait_until
-from tests.unit.receiving import corpus
+from tests.helpers import make_tiny_model
+from tests.integration.peers import dicomnode_status, node_sending_to_storescp, wait_until
+from tests.peers import corpus
+from tests.peers.scp import send_datasets
 
 pytestmark = [pytest.mark.integration, pytest.mark.dcmtk, pytest.mark.slow]
 
@@ -41,16 +39,8 @@ _OPEN_JOB_STATES = ("received", "ready", "running", "done")
 
 
 def _send_all(port: int, cases: list[corpus.Case]) -> dict[str, int]:
-    ae = AE(ae_title="CORPUSSCU")
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-    for pair in sorted({(case.sop_class_uid, case.transfer_syntax) for case in cases}):
-        ae.add_requested_context(pair[0], [pair[1]])
-    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMNODE")
-    assert assoc.is_established
-    try:
-        return {case.name: int(assoc.send_c_store(case.dataset).Status) for case in cases}
-    finally:
-        assoc.release()
+    statuses = send_datasets(port, [case.dataset for case in cases], calling="CORPUSSCU")
+    return {case.name: status for case, status in zip(cases, statuses)}
 
 
 def _open_jobs(data_dir: Path) -> int:
@@ -68,10 +58,7 @@ def _open_jobs(data_dir: Path) -> int:
 
 def _status(data_dir: Path) -> tuple[dict[str, object], str]:
     def run(*extra: str) -> str:
-        result = subprocess.run(
-            [sys.executable, "-m", "dicomnode", "status", "--data-dir", str(data_dir), *extra],
-            capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, check=False,
-        )  # fmt: skip
+        result = dicomnode_status(data_dir, *extra)
         assert result.returncode == 0, result.stderr
         return result.stdout
 
@@ -93,22 +80,12 @@ def test_corpus_through_a_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     usable_studies = {str(c.dataset.StudyInstanceUID) for c in valid} | {mixed_study}
     model = make_tiny_model(tmp_path / "model")
 
-    with run_storescp(tmp_path / "pacs") as pacs:
-        node = start_node(
-            tmp_path / "node",
-            ["--destination", pacs.spec, "--model", str(model), "--stable-after", "1", "--interval", "1",
-             "--batch-size", "64"],
-        )  # fmt: skip
-        try:
-            statuses = _send_all(node.port, cases)
-            assert {name: status for name, status in statuses.items() if status != 0} == {}
-            wait_until(
-                lambda: _open_jobs(tmp_path / "node") == 0, 180, "every job in a final state"
-            )
-            summary, text = _status(tmp_path / "node")
-        finally:
-            assert node.stop() == 0, node.log.read_text()[-3000:]
-        results = [dcmread(path, stop_before_pixels=True) for path in pacs.files()]
+    with node_sending_to_storescp(tmp_path, model, "--batch-size", "64") as (node, pacs):
+        statuses = _send_all(node.port, cases)
+        assert {name: status for name, status in statuses.items() if status != 0} == {}
+        wait_until(lambda: _open_jobs(tmp_path / "node") == 0, 180, "every job in a final state")
+        summary, text = _status(tmp_path / "node")
+    results = [dcmread(path, stop_before_pixels=True) for path in pacs.files()]
 
     sc_per_study = Counter(str(ds.StudyInstanceUID) for ds in results if ds.SOPClassUID == SC_CLASS)
     sr_per_study = Counter(

@@ -33,8 +33,9 @@ from dicomnode.store.db import make_engine, make_sessionmaker
 from dicomnode.store.migrate import current_revision, head_revision, schema_diff
 from dicomnode.store.models import Base, Job
 from tests.helpers import REPO_ROOT, free_port, make_cxr_dataset, make_tiny_model
-from tests.integration.peers import run_storescp, start_node, storescu, wait_until
+from tests.integration.peers import run_storescp, start_node, stop_process, storescu, wait_until
 from tests.integration.postgres import Postgres, run_postgres
+from tests.peers.node import assert_schema_at_head
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
@@ -99,9 +100,7 @@ def test_pre_alembic_postgres_database_is_stamped_and_keeps_working(pg_url: str,
     old.dispose()
     engine = make_engine(StoreSettings(data_dir=tmp_path / "node", db_url=pg_url))
     try:
-        with engine.connect() as connection:
-            assert current_revision(connection) == head_revision()
-            assert schema_diff(connection) == []
+        assert_schema_at_head(engine)
         sessions = make_sessionmaker(engine)
         with sessions.begin() as session:
             queue.mark_stable(session, stable_after_s=1, now=T0 + timedelta(seconds=5))
@@ -227,17 +226,6 @@ def _start_workers(data_dir: Path, args: list[str], logs: list[Path]) -> list[su
     return processes
 
 
-def _stop(process: subprocess.Popen[bytes]) -> int:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-    return int(process.returncode)
-
-
 @pytest.mark.slow
 @pytest.mark.dcmtk
 def test_receiver_and_two_workers_deliver_every_study_once_with_a_worker_killed(
@@ -292,11 +280,11 @@ def test_receiver_and_two_workers_deliver_every_study_once_with_a_worker_killed(
 
             wait_until(settled, 240, "every job sent by the surviving worker")
             time.sleep(1.5)  # a few more scheduler periods: room for a duplicate to appear
-            assert _stop(survivor) == 0
+            assert stop_process(survivor) == 0
             assert receiver.stop() == 0
         finally:
             for process in workers:
-                _stop(process)
+                stop_process(process)
             receiver.stop()
             engine.dispose()
 

@@ -19,12 +19,12 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import JPEG2000Lossless, generate_uid
-from pynetdicom import AE
 
 from tests.helpers import REPO_ROOT, dcmtk, free_port, make_cxr_dataset, make_tiny_model
-from tests.integration.peers import run_storescp, start_node, storescu, wait_until
+from tests.integration.peers import dicomnode_status, node_sending_to_storescp, storescu, wait_until
 from tests.integration.tlscerts import make_certificates, storescu_tls_args
-from tests.unit.receiving import corpus
+from tests.peers import corpus
+from tests.peers.scp import send_datasets
 
 pytestmark = [pytest.mark.integration, pytest.mark.dcmtk, pytest.mark.slow]
 
@@ -51,29 +51,6 @@ def _mark(ds: Dataset) -> Dataset:
     other.IssuerOfPatientID = "PHIMARKISSUER"
     ds.OtherPatientIDsSequence = [other]
     return ds
-
-
-def _send(port: int, datasets: list[Dataset]) -> list[int]:
-    ae = AE(ae_title="PRIVACYSCU")
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-    for pair in sorted(
-        {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets}
-    ):
-        ae.add_requested_context(pair[0], [pair[1]])
-    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMNODE")
-    assert assoc.is_established
-    try:
-        statuses = []
-        for ds in datasets:
-            with pytest.MonkeyPatch.context() as patch:  # some values are invalid on purpose
-                patch.setattr(
-                    pydicom.config.settings, "writing_validation_mode", pydicom.config.IGNORE
-                )
-                status = assoc.send_c_store(ds)
-            statuses.append(int(status.Status) if status else -1)
-        return statuses
-    finally:
-        assoc.release()
 
 
 def test_no_patient_data_in_any_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -105,34 +82,24 @@ def test_no_patient_data_in_any_log(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     tls_file = tmp_path / "tls.dcm"
     via_tls.save_as(tls_file, enforce_file_format=True)
 
-    with run_storescp(tmp_path / "pacs") as pacs:
-        node = start_node(
-            tmp_path / "node",
-            ["--destination", pacs.spec, "--model", str(model), "--stable-after", "1", "--interval", "1",
-             "--log-level", "DEBUG"],
+    with node_sending_to_storescp(tmp_path, model, "--log-level", "DEBUG") as (node, pacs):
+        statuses = send_datasets(
+            node.port,
+            [processed, skipped, corrupt, conflicting, missing_uid, overlong, control],
+            calling="PRIVACYSCU",
+        )
+        assert statuses[:4] == [0, 0, 0, 0]
+        assert all(0xA000 <= status <= 0xCFFF for status in statuses[4:]), statuses
+        tls = subprocess.run(
+            [dcmtk("storescu"), *storescu_tls_args(certs.client_key, certs.client_cert, certs.ca),
+             "-aec", "DICOMNODE", "127.0.0.1", str(tls_port), str(tls_file)],
+            capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
-        try:
-            statuses = _send(
-                node.port,
-                [processed, skipped, corrupt, conflicting, missing_uid, overlong, control],
-            )
-            assert statuses[:4] == [0, 0, 0, 0]
-            assert all(0xA000 <= status <= 0xCFFF for status in statuses[4:]), statuses
-            tls = subprocess.run(
-                [dcmtk("storescu"), *storescu_tls_args(certs.client_key, certs.client_cert, certs.ca),
-                 "-aec", "DICOMNODE", "127.0.0.1", str(tls_port), str(tls_file)],
-                capture_output=True, text=True, timeout=60, check=False,
-            )  # fmt: skip
-            assert tls.returncode == 0, tls.stdout + tls.stderr
-            # processed + via_tls: 2 SC + 2 SR
-            wait_until(lambda: len(pacs.files()) >= 4, 120, "results of both processed studies")
-            status = subprocess.run(
-                [sys.executable, "-m", "dicomnode", "status", "--data-dir", str(tmp_path / "node")],
-                capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, check=False,
-            )  # fmt: skip
-        finally:
-            assert node.stop() == 0
-        outputs = [pydicom.dcmread(p, stop_before_pixels=True) for p in pacs.files()]
+        assert tls.returncode == 0, tls.stdout + tls.stderr
+        # processed + via_tls: 2 SC + 2 SR
+        wait_until(lambda: len(pacs.files()) >= 4, 120, "results of both processed studies")
+        status = dicomnode_status(tmp_path / "node")
+    outputs = [pydicom.dcmread(p, stop_before_pixels=True) for p in pacs.files()]
     # The results do carry the patient (they belong in the PACS), so the markers were live.
     assert any(str(ds.PatientID) == MARKERS["PatientID"] for ds in outputs)
     log = node.log.read_text(errors="replace")
@@ -174,32 +141,17 @@ def _single_word_files(folder: Path) -> list[Path]:
     return paths
 
 
-def _status(data_dir: Path, extra: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dicomnode", "status", "--data-dir", str(data_dir), *extra],
-        capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, check=False,
-    )  # fmt: skip
-
-
 def test_single_word_names_stay_out_of_logs_and_cli_output(tmp_path: Path) -> None:
     """serve (fed by DCMTK storescu), status (text and JSON) and predict, at DEBUG: the
     names libraries warn about, IDs, birth dates and institutions appear nowhere."""
     model = make_tiny_model(tmp_path / "model")
     files = _single_word_files(tmp_path / "in")
-    with run_storescp(tmp_path / "pacs") as pacs:
-        node = start_node(
-            tmp_path / "node",
-            ["--destination", pacs.spec, "--model", str(model), "--stable-after", "1", "--interval", "1",
-             "--log-level", "DEBUG"],
-        )  # fmt: skip
-        try:
-            sent = storescu(node.port, files)
-            assert sent.returncode == 0, sent.stdout + sent.stderr
-            wait_until(lambda: len(pacs.files()) >= 4, 120, "SC + SR of both studies")
-            outputs = [_status(tmp_path / "node", extra) for extra in ([], ["--json"])]
-        finally:
-            assert node.stop() == 0
-        results = [pydicom.dcmread(p, stop_before_pixels=True) for p in pacs.files()]
+    with node_sending_to_storescp(tmp_path, model, "--log-level", "DEBUG") as (node, pacs):
+        sent = storescu(node.port, files)
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        wait_until(lambda: len(pacs.files()) >= 4, 120, "SC + SR of both studies")
+        outputs = [dicomnode_status(tmp_path / "node", *extra) for extra in ([], ["--json"])]
+    results = [pydicom.dcmread(p, stop_before_pixels=True) for p in pacs.files()]
     predict = subprocess.run(
         [sys.executable, "-m", "dicomnode", "predict", *map(str, files), "--out", str(tmp_path / "out"),
          "--model", str(model)],

@@ -23,7 +23,7 @@ from dicomnode.store.files import FileStore
 from dicomnode.store.models import Instance
 from tests.helpers import dcmtk, make_cxr_dataset, require_shared_data
 from tests.integration.peers import STORESCU_PROPOSAL, run_storescp
-from tests.unit.receiving.conftest import NODE_AE, RunningScp, run_scp
+from tests.peers.scp import NODE_AE, RunningScp, run_scp
 
 pytestmark = [pytest.mark.integration, pytest.mark.dcmtk, pytest.mark.shared_data]
 

@@ -32,7 +32,7 @@ from tests.helpers import (
     wait_for_port,
 )
 from tests.integration.peers import wait_until
-from tests.unit.receiving.conftest import NODE_AE, associate
+from tests.peers.scp import NODE_AE, associate
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

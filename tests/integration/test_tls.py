@@ -28,7 +28,7 @@ from dicomnode.receiving.tls import server_context
 from dicomnode.store.models import Instance
 from tests.helpers import dcmtk, free_port, make_cxr_dataset, wait_for_port
 from tests.integration.tlscerts import Certificates, make_certificates, storescu_tls_args
-from tests.unit.receiving.conftest import NODE_AE, RunningScp, run_scp
+from tests.peers.scp import NODE_AE, RunningScp, run_scp
 
 pytestmark = [pytest.mark.integration, pytest.mark.dcmtk]
 

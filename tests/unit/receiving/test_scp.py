@@ -1,34 +1,23 @@
-"""Association negotiation of the node's SCP: SOP classes, transfer syntaxes, AE checks."""
+"""The SCP as built from settings: presentation contexts, transfer syntaxes, timeouts, AE checks
+(no socket; negotiation over a socket is in tests/integration/test_receive_negotiation.py)."""
 
 from __future__ import annotations
 
-import socket
-
-import pytest
 from pydicom.uid import (
     UID,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    JPEG2000Lossless,
-    JPEGBaseline8Bit,
 )
 from pynetdicom.sop_class import Verification
 
 from dicomnode.config import DicomSettings
-from dicomnode.receiving.handlers import ReceiveContext
 from dicomnode.receiving.scp import (
     build_ae,
     connection_limits,
     decodable_transfer_syntaxes,
-    stop_scp,
 )
 from dicomnode.receiving.validation import STORAGE_SOP_CLASSES
-from tests.helpers import DX_PRESENTATION_STORAGE
-from tests.unit.receiving.conftest import RunningScp, associate, run_scp
 
 CT_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.2")
 MG_PRESENTATION_STORAGE = UID("1.2.840.10008.5.1.4.1.1.1.2")
-SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 
 
 def test_build_ae_applies_settings() -> None:
@@ -71,89 +60,3 @@ def test_every_common_transfer_syntax_is_offered() -> None:
         "RLE Lossless",
     ):
         assert expected in names
-
-
-def test_other_sop_classes_are_refused_at_negotiation(scp: RunningScp) -> None:
-    assoc = associate(
-        scp.port,
-        [
-            (CT_IMAGE_STORAGE, SYNTAXES),
-            (MG_PRESENTATION_STORAGE, SYNTAXES),
-            (DX_PRESENTATION_STORAGE, [JPEGBaseline8Bit, JPEG2000Lossless]),
-        ],
-    )
-    assert assoc.is_established
-    try:
-        accepted = {cx.abstract_syntax: cx.transfer_syntax[0] for cx in assoc.accepted_contexts}
-        rejected = {cx.abstract_syntax for cx in assoc.rejected_contexts}
-        assert accepted == {DX_PRESENTATION_STORAGE: JPEG2000Lossless}  # lossless preferred
-        assert rejected == {CT_IMAGE_STORAGE, MG_PRESENTATION_STORAGE}
-    finally:
-        assoc.release()
-
-
-def test_calling_ae_allow_list(receive_context: ReceiveContext) -> None:
-    running = run_scp(receive_context, allowed_calling_aets=["MODALITY1"])
-    try:
-        refused = associate(running.port, [(DX_PRESENTATION_STORAGE, SYNTAXES)], calling="INTRUDER")
-        assert refused.is_rejected
-        rj = refused.acceptor.primitive
-        assert rj is not None
-        assert (rj.result, rj.result_source, rj.diagnostic) == (
-            0x01,
-            0x01,
-            0x03,
-        )  # calling AE not recognised
-
-        allowed = associate(
-            running.port, [(DX_PRESENTATION_STORAGE, SYNTAXES)], calling="MODALITY1"
-        )
-        assert allowed.is_established
-        allowed.release()
-    finally:
-        stop_scp(running.server, grace_s=2)
-
-
-def test_called_ae_must_match(scp: RunningScp) -> None:
-    assoc = associate(scp.port, [(DX_PRESENTATION_STORAGE, SYNTAXES)], called="SOMEONEELSE")
-    assert assoc.is_rejected
-    rj = assoc.acceptor.primitive
-    assert rj is not None
-    assert (rj.result_source, rj.diagnostic) == (0x01, 0x07)  # called AE not recognised
-
-
-def test_accepted_sockets_have_tcp_nodelay(scp: RunningScp) -> None:
-    assoc = associate(scp.port, [(Verification, SYNTAXES)])
-    assert assoc.is_established
-    try:
-        [server_side] = [a for a in scp.server.active_associations if a.is_established]
-        assert server_side.dul.socket is not None
-        sock = server_side.dul.socket.socket
-        assert sock is not None
-        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
-    finally:
-        assoc.release()
-
-
-def test_stop_closes_the_port(receive_context: ReceiveContext) -> None:
-    running = run_scp(receive_context)
-    stop_scp(running.server, grace_s=1)
-    stop_scp(running.server, grace_s=1)  # idempotent
-    with pytest.raises(OSError):
-        socket.create_connection(("127.0.0.1", running.port), timeout=1).close()
-
-
-def test_the_scp_announces_the_nodes_implementation_identity(scp: RunningScp) -> None:
-    """The A-ASSOCIATE-AC carries dicomnode's Implementation Class UID and Version Name."""
-    from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID
-
-    from dicomnode.uid import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-
-    assoc = associate(scp.port, [(Verification, SYNTAXES)])
-    assert assoc.is_established
-    try:
-        assert assoc.acceptor.implementation_class_uid == IMPLEMENTATION_CLASS_UID
-        assert assoc.acceptor.implementation_version_name == IMPLEMENTATION_VERSION_NAME
-        assert IMPLEMENTATION_CLASS_UID != PYNETDICOM_IMPLEMENTATION_UID
-    finally:
-        assoc.release()

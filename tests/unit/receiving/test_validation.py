@@ -1,7 +1,9 @@
-"""Header-only acceptance rules (classify) and structural checks (check_structure)."""
+"""Header acceptance: structure (check_structure), UIDs (read_header), command match
+(check_command), deflate limit (check_inflated_size) and chest rules (classify)."""
 
 from __future__ import annotations
 
+import zlib
 from io import BytesIO
 
 import pydicom
@@ -15,12 +17,17 @@ from dicomnode.errors import RejectedInstance
 from dicomnode.receiving.statuses import Status
 from dicomnode.receiving.validation import (
     Accept,
+    InstanceHeader,
     Skip,
+    check_command,
+    check_inflated_size,
     check_structure,
     classify,
+    read_header,
 )
 from tests.helpers import (
     CR_IMAGE_STORAGE,
+    DX_PRESENTATION_STORAGE,
     SECONDARY_CAPTURE_STORAGE,
     make_cxr_dataset,
     require_shared_data,
@@ -195,3 +202,113 @@ def test_undecodable_element_is_rejected() -> None:
     assert info.value.status == Status.CANNOT_UNDERSTAND
 
 
+
+
+# --- read_header / check_command / check_inflated_size: what the handler refuses, with which status
+
+
+def _header(**overrides: object) -> InstanceHeader:
+    values: dict[str, object] = {
+        "sop_class_uid": DX_PRESENTATION_STORAGE,
+        "sop_instance_uid": "1.2.3.4",
+        "study_instance_uid": "1.2.3",
+        "series_instance_uid": "1.2.3.5",
+    }
+    values.update(overrides)
+    return InstanceHeader(**values)  # type: ignore[arg-type]
+
+
+def test_read_header_returns_the_identifying_uids() -> None:
+    ds = make_cxr_dataset()
+    header = read_header(_round_trip(ds), ExplicitVRLittleEndian)
+    assert header == InstanceHeader(
+        sop_class_uid=str(ds.SOPClassUID),
+        sop_instance_uid=str(ds.SOPInstanceUID),
+        study_instance_uid=str(ds.StudyInstanceUID),
+        series_instance_uid=str(ds.SeriesInstanceUID),
+    )
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value", "status"),
+    [
+        ("StudyInstanceUID", None, Status.MISSING_UID),
+        ("SeriesInstanceUID", "", Status.MISSING_UID),
+        ("SOPInstanceUID", "1.2.abc", Status.INVALID_UID),
+        ("StudyInstanceUID", "1." + "2" * 70, Status.INVALID_VALUE),  # over the UI length: structure
+    ],
+)
+def test_read_header_refuses_missing_and_invalid_uids(keyword: str, value: str | None, status: Status) -> None:
+    ds = make_cxr_dataset()
+    if value is None:
+        delattr(ds, keyword)
+    else:
+        ds[keyword].value = value
+    with pytest.raises(RejectedInstance) as caught:
+        read_header(_round_trip(ds), ExplicitVRLittleEndian)
+    assert caught.value.status == status
+
+
+def test_check_command_accepts_a_matching_request() -> None:
+    header = _header()
+    check_command(
+        header,
+        command_sop_class_uid=header.sop_class_uid,
+        command_sop_instance_uid=header.sop_instance_uid,
+        context_sop_class_uid=header.sop_class_uid,
+    )
+
+
+@pytest.mark.parametrize(
+    ("command_class", "command_instance", "context_class", "status"),
+    [
+        (DX_PRESENTATION_STORAGE, "1.2.3.9", DX_PRESENTATION_STORAGE, Status.MISMATCH),
+        (DX_PRESENTATION_STORAGE, None, DX_PRESENTATION_STORAGE, Status.MISMATCH),
+        (CR_IMAGE_STORAGE, "1.2.3.4", DX_PRESENTATION_STORAGE, Status.MISMATCH),
+        (DX_PRESENTATION_STORAGE, "1.2.3.4", CR_IMAGE_STORAGE, Status.MISMATCH),
+    ],
+)
+def test_check_command_refuses_uids_that_differ_from_the_data_set(
+    command_class: str, command_instance: str | None, context_class: str, status: Status
+) -> None:
+    with pytest.raises(RejectedInstance) as caught:
+        check_command(
+            _header(),
+            command_sop_class_uid=command_class,
+            command_sop_instance_uid=command_instance,
+            context_sop_class_uid=context_class,
+        )
+    assert caught.value.status == status
+
+
+def test_check_command_refuses_a_sop_class_the_node_does_not_take() -> None:
+    ct = "1.2.840.10008.5.1.4.1.1.2"
+    with pytest.raises(RejectedInstance) as caught:
+        check_command(
+            _header(sop_class_uid=ct),
+            command_sop_class_uid=ct,
+            command_sop_instance_uid="1.2.3.4",
+            context_sop_class_uid=ct,
+        )
+    assert caught.value.status == Status.SOP_CLASS_NOT_SUPPORTED
+
+
+def _deflate(data: bytes) -> bytes:
+    packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return packer.compress(data) + packer.flush()
+
+
+def test_check_inflated_size_takes_a_deflated_data_set_up_to_the_limit() -> None:
+    check_inflated_size(_deflate(b"\0" * 1000), limit=1000)
+
+
+def test_check_inflated_size_refuses_a_deflate_bomb_without_inflating_it_all() -> None:
+    with pytest.raises(RejectedInstance) as caught:
+        check_inflated_size(_deflate(b"\0" * (64 << 20)), limit=1 << 20)
+    assert caught.value.status == Status.DATASET_TOO_LARGE
+
+
+def test_check_inflated_size_calls_a_corrupt_stream_cannot_understand() -> None:
+    with pytest.raises(RejectedInstance) as caught:
+        check_inflated_size(b"\xff\xff\xff garbage", limit=1 << 20)
+    assert caught.value.status == Status.CANNOT_UNDERSTAND

@@ -30,3 +30,40 @@ def test_parts_are_written_in_order_in_small_pieces(
 
 def test_default_store_flushes_to_disk(tmp_path: Path) -> None:
     assert FileStore(tmp_path).fsync is True
+
+
+def test_part10_parts_make_a_file_pydicom_reads_with_the_data_set_bytes_unchanged(tmp_path: Path) -> None:
+    from pydicom import dcmread
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pynetdicom.dsutils import encode
+
+    from tests.helpers import make_cxr_dataset
+
+    ds = make_cxr_dataset()
+    payload = encode(ds, False, True)
+    assert payload is not None
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = generate_uid()
+    store = FileStore(tmp_path)
+    path = store.incoming_path(str(ds.SOPInstanceUID))
+    assert store.write_atomic(path, files.part10_parts(meta, payload), overwrite=False)
+    raw = path.read_bytes()
+    assert raw[:132] == files.PART10_PREAMBLE
+    assert files.part10_dataset(raw) == payload
+    assert dcmread(path).SOPInstanceUID == ds.SOPInstanceUID
+    assert files.part10_dataset(b"not a part 10 file") is None
+
+
+def test_one_uid_always_takes_the_same_lock_and_locks_are_files_in_the_data_folder(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    locks = files.UidLocks(tmp_path / files.LOCK_FOLDER)
+    assert locks.for_uid("1.2.3") is locks.for_uid("1.2.3")
+    with store.lock_instance("1.2.3"):
+        held = list((tmp_path / files.LOCK_FOLDER).glob("*.lock"))
+    assert len(held) == 1
+    with store.lock_instance("1.2.3"):  # released: can be taken again
+        pass

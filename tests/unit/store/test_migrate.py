@@ -24,6 +24,7 @@ from dicomnode.store.migrate import (
     schema_diff,
 )
 from dicomnode.store.models import Base, Job, Study
+from tests.peers.node import assert_schema_at_head
 
 NOW = datetime(2026, 1, 1, 12, 0, 0)
 
@@ -69,9 +70,7 @@ def test_pre_alembic_database_is_stamped_and_keeps_working(tmp_path: Path) -> No
 
     engine = make_engine(StoreSettings(data_dir=tmp_path))
     try:
-        with engine.connect() as connection:
-            assert current_revision(connection) == head_revision()
-            assert schema_diff(connection) == []
+        assert_schema_at_head(engine)
         sessions = make_sessionmaker(engine)
         with sessions.begin() as session:
             assert [j.state for j in session.scalars(select(Job))] == [JobState.READY]

@@ -19,10 +19,9 @@ import pytest
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
 )
-from sqlalchemy import Engine, select
-from sqlalchemy.orm import Session
+from pynetdicom.sop_class import Verification
+from sqlalchemy import Engine
 
 from dicomnode.receiving.guard import (
     ABORT_INVALID_PDU_PARAMETER,
@@ -32,13 +31,20 @@ from dicomnode.receiving.guard import (
 from dicomnode.receiving.handlers import ReceiveContext
 from dicomnode.receiving.scp import stop_scp
 from dicomnode.receiving.statuses import Status
-from dicomnode.store.models import Instance
 from tests.helpers import DX_PRESENTATION_STORAGE, make_cxr_dataset
-from tests.unit.receiving import rawpeer
-from tests.unit.receiving.conftest import RunningScp, associate, run_scp, send_raw_store
+from tests.peers import rawpeer
+from tests.peers.node import incoming_files, instances
+from tests.peers.scp import (
+    UNCOMPRESSED,
+    RunningScp,
+    associate,
+    rejection,
+    run_scp,
+    send_raw_store,
+)
 
-VERIFICATION = "1.2.840.10008.1.1"
-SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+pytestmark = [pytest.mark.integration]
+
 TIMEOUT_S = 2.0
 #: Slack for thread scheduling on a loaded 2-core CI machine.
 SLACK_S = 3.0
@@ -52,17 +58,8 @@ def fast_scp(receive_context: ReceiveContext) -> Iterator[RunningScp]:
     stop_scp(running.server, grace_s=1)
 
 
-def _instances(engine: Engine) -> list[Instance]:
-    with Session(engine) as session:
-        return list(session.scalars(select(Instance)))
-
-
-def _incoming(data_dir: Path) -> list[Path]:
-    return [p for p in (data_dir / "incoming").rglob("*") if p.is_file()]
-
-
 def _still_serves(port: int) -> None:
-    assoc = associate(port, [(VERIFICATION, SYNTAXES)])
+    assoc = associate(port, [(Verification, UNCOMPRESSED)])
     assert assoc.is_established
     try:
         assert int(assoc.send_c_echo().Status) == 0x0000
@@ -72,7 +69,7 @@ def _still_serves(port: int) -> None:
 
 def test_pdu_longer_than_negotiated_maximum_is_aborted_unread(fast_scp: RunningScp) -> None:
     with rawpeer.open_association(
-        fast_scp.port, [(VERIFICATION, [ExplicitVRLittleEndian])]
+        fast_scp.port, [(Verification, [ExplicitVRLittleEndian])]
     ) as sock:
         start = time.monotonic()
         # A P-DATA-TF header claiming 4 GiB, then a little data: the node must not wait for the rest.
@@ -88,7 +85,7 @@ def test_pdu_longer_than_negotiated_maximum_is_aborted_unread(fast_scp: RunningS
 def test_p_data_one_byte_over_the_maximum_is_aborted(fast_scp: RunningScp) -> None:
     limit = fast_scp.settings.maximum_pdu_size
     with rawpeer.open_association(
-        fast_scp.port, [(VERIFICATION, [ExplicitVRLittleEndian])]
+        fast_scp.port, [(Verification, [ExplicitVRLittleEndian])]
     ) as sock:
         sock.sendall(b"\x04\x00" + struct.pack(">L", limit + 1))
         answer = rawpeer.read_pdu(sock, SLACK_S)
@@ -125,7 +122,7 @@ def test_garbage_gets_a_abort_and_close(fast_scp: RunningScp, garbage: bytes) ->
 
 def test_unknown_pdu_type_inside_an_association_is_aborted(fast_scp: RunningScp) -> None:
     with rawpeer.open_association(
-        fast_scp.port, [(VERIFICATION, [ExplicitVRLittleEndian])]
+        fast_scp.port, [(Verification, [ExplicitVRLittleEndian])]
     ) as sock:
         sock.sendall(b"\x0a\x00\x00\x00\x00\x02xx")
         answer = rawpeer.read_pdu(sock, SLACK_S)
@@ -192,7 +189,7 @@ def test_half_sent_p_data_is_closed_after_the_network_timeout(
         sock.sendall(pdus[0] + pdus[1][:100])
         took = rawpeer.wait_closed(sock, TIMEOUT_S + SLACK_S)
     assert took >= TIMEOUT_S * 0.9
-    assert _instances(store_engine) == [] and _incoming(data_dir) == []
+    assert instances(store_engine) == [] and incoming_files(data_dir) == []
 
 
 @pytest.mark.slow
@@ -205,7 +202,7 @@ def test_silent_connection_is_closed_after_the_acse_timeout(fast_scp: RunningScp
 @pytest.mark.slow
 def test_idle_association_is_aborted_after_the_network_timeout(fast_scp: RunningScp) -> None:
     with rawpeer.open_association(
-        fast_scp.port, [(VERIFICATION, [ExplicitVRLittleEndian])]
+        fast_scp.port, [(Verification, [ExplicitVRLittleEndian])]
     ) as sock:
         start = time.monotonic()
         answer = rawpeer.read_pdu(sock, TIMEOUT_S + SLACK_S)
@@ -218,23 +215,16 @@ def test_silent_sockets_never_take_association_slots(receive_context: ReceiveCon
     silent = [rawpeer.connect(running.port) for _ in range(6)]
     try:
         time.sleep(0.2)  # let the node accept them all
-        first = associate(running.port, [(VERIFICATION, SYNTAXES)])
-        second = associate(running.port, [(VERIFICATION, SYNTAXES)])
+        first = associate(running.port, [(Verification, UNCOMPRESSED)])
+        second = associate(running.port, [(Verification, UNCOMPRESSED)])
         assert first.is_established and second.is_established
-        third = associate(running.port, [(VERIFICATION, SYNTAXES)])
-        assert third.is_rejected
-        rj = third.acceptor.primitive
-        assert rj is not None
-        assert (rj.result, rj.result_source, rj.diagnostic) == (
-            0x02,
-            0x03,
-            0x02,
-        )  # local limit exceeded
+        third = associate(running.port, [(Verification, UNCOMPRESSED)])
+        assert rejection(third) == (0x02, 0x03, 0x02)  # transient, local limit exceeded
         first.release()
         second.release()
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:  # released associations free their slots
-            again = associate(running.port, [(VERIFICATION, SYNTAXES)])
+            again = associate(running.port, [(Verification, UNCOMPRESSED)])
             if again.is_established:
                 again.release()
                 break
@@ -279,7 +269,7 @@ def test_data_set_over_the_size_limit_is_aborted_and_not_stored(
     try:
         big = make_cxr_dataset(rows=256, cols=256, bits_stored=16)  # 128 KiB of pixels
         small = make_cxr_dataset(rows=64, cols=64, bits_stored=8)
-        assoc = associate(running.port, [(DX_PRESENTATION_STORAGE, SYNTAXES)])
+        assoc = associate(running.port, [(DX_PRESENTATION_STORAGE, UNCOMPRESSED)])
         assert assoc.is_established
         status = assoc.send_c_store(big)
         assert not status  # no response: the association was aborted
@@ -287,13 +277,13 @@ def test_data_set_over_the_size_limit_is_aborted_and_not_stored(
         while assoc.is_established and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not assoc.is_established
-        assoc = associate(running.port, [(DX_PRESENTATION_STORAGE, SYNTAXES)])
+        assoc = associate(running.port, [(DX_PRESENTATION_STORAGE, UNCOMPRESSED)])
         assert int(assoc.send_c_store(small).Status) == 0x0000
         assoc.release()
     finally:
         stop_scp(running.server, grace_s=1)
-    assert [row.sop_instance_uid for row in _instances(store_engine)] == [small.SOPInstanceUID]
-    assert len(_incoming(data_dir)) == 1
+    assert [row.sop_instance_uid for row in instances(store_engine)] == [small.SOPInstanceUID]
+    assert len(incoming_files(data_dir)) == 1
 
 
 def test_deflate_bomb_is_refused_without_inflating_it(
@@ -309,16 +299,15 @@ def test_deflate_bomb_is_refused_without_inflating_it(
         )
         status = send_raw_store(
             assoc,
-            sop_class_uid=DX_PRESENTATION_STORAGE,
+            ds,
             sop_instance_uid=ds.SOPInstanceUID,
-            dataset=ds,
             transfer_syntax=DeflatedExplicitVRLittleEndian,
         )
         assoc.release()
     finally:
         stop_scp(running.server, grace_s=1)
     assert status == Status.DATASET_TOO_LARGE
-    assert _instances(store_engine) == [] and _incoming(data_dir) == []
+    assert instances(store_engine) == [] and incoming_files(data_dir) == []
 
 
 def test_corrupt_deflate_stream_is_cannot_understand(
@@ -335,14 +324,13 @@ def test_corrupt_deflate_stream_is_cannot_understand(
     broken = deflated[:50] + bytes(b ^ 0x5A for b in deflated[50:90]) + deflated[90:]
     status = send_raw_store(
         assoc,
-        sop_class_uid=DX_PRESENTATION_STORAGE,
+        broken,
         sop_instance_uid=ds.SOPInstanceUID,
-        dataset=broken,
         transfer_syntax=DeflatedExplicitVRLittleEndian,
     )
     assoc.release()
     assert 0xC000 <= status <= 0xCFFF
-    assert _instances(store_engine) == []
+    assert instances(store_engine) == []
 
 
 def test_overlong_affected_sop_instance_uid_is_refused_on_the_open_association(
@@ -372,8 +360,8 @@ def test_overlong_affected_sop_instance_uid_is_refused_on_the_open_association(
         sock.sendall(rawpeer.release_pdu())
         answer = rawpeer.read_pdu(sock, SLACK_S)
         assert answer is not None and answer.type == rawpeer.A_RELEASE_RP_TYPE
-    assert [row.sop_instance_uid for row in _instances(store_engine)] == [good.SOPInstanceUID]
-    assert len(_incoming(data_dir)) == 1
+    assert [row.sop_instance_uid for row in instances(store_engine)] == [good.SOPInstanceUID]
+    assert len(incoming_files(data_dir)) == 1
 
 
 @pytest.mark.parametrize("ending", ["a-abort", "tcp-close"])
@@ -394,7 +382,7 @@ def test_abort_in_the_middle_of_a_c_store_stores_nothing(
             sock.shutdown(socket.SHUT_RDWR)
         rawpeer.wait_closed(sock, SLACK_S)
     time.sleep(0.3)
-    assert _instances(store_engine) == [] and _incoming(data_dir) == []
+    assert instances(store_engine) == [] and incoming_files(data_dir) == []
     # The same instance sent completely afterwards is stored normally.
     with rawpeer.open_association(
         fast_scp.port, [(DX_PRESENTATION_STORAGE, [ExplicitVRLittleEndian])]
@@ -405,6 +393,6 @@ def test_abort_in_the_middle_of_a_c_store_stores_nothing(
         assert answer is not None and answer.type == rawpeer.P_DATA_TYPE
         sock.sendall(rawpeer.release_pdu())
         assert rawpeer.read_pdu(sock, 5) is not None
-    [row] = _instances(store_engine)
+    [row] = instances(store_engine)
     assert row.sop_instance_uid == ds.SOPInstanceUID
-    assert pydicom.dcmread(_incoming(data_dir)[0]).PixelData == ds.PixelData
+    assert pydicom.dcmread(incoming_files(data_dir)[0]).PixelData == ds.PixelData

@@ -1,15 +1,16 @@
-"""Fixtures for the receiving tests: a real data folder + SQLite, and a running SCP."""
+"""The node's SCP in-process on a free loopback port, and a pynetdicom SCU that can send
+what a broken sender sends (command UIDs chosen apart from the data set)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
 
-import pytest
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
@@ -18,10 +19,12 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomnode.config import DicomSettings
 from dicomnode.receiving.handlers import ReceiveContext
-from dicomnode.receiving.scp import start_scp, stop_scp
-from tests.helpers import free_port, wait_for_port
+from dicomnode.receiving.scp import start_scp
+from tests.helpers import DX_PRESENTATION_STORAGE, free_port, wait_for_port
 
 NODE_AE = "DICOMNODE"
+#: The two uncompressed transfer syntaxes every SCP takes.
+UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 
 
 @dataclass
@@ -54,14 +57,6 @@ def run_scp(context: ReceiveContext, **overrides: Any) -> RunningScp:
     return RunningScp(settings=settings, server=server, context=context)
 
 
-@pytest.fixture
-def scp(receive_context: ReceiveContext) -> Iterator[RunningScp]:
-    """A running SCP with default settings (any calling AE)."""
-    running = run_scp(receive_context)
-    yield running
-    stop_scp(running.server, grace_s=2)
-
-
 def associate(
     port: int,
     contexts: Sequence[tuple[str, Sequence[str]]],
@@ -81,11 +76,11 @@ def associate(
 
 def send_raw_store(
     assoc: Association,
-    *,
-    sop_class_uid: str,
-    sop_instance_uid: str,
     dataset: Dataset | bytes,
-    transfer_syntax: str,
+    *,
+    sop_instance_uid: str,
+    sop_class_uid: str = DX_PRESENTATION_STORAGE,
+    transfer_syntax: str = ExplicitVRLittleEndian,
     timeout_s: float = 10.0,
 ) -> int:
     """Send one C-STORE whose command UIDs and data set are chosen independently.
@@ -127,3 +122,41 @@ def send_raw_store(
         assoc._reactor_checkpoint.set()
     assert rsp is not None, "no C-STORE response before the DIMSE timeout"
     return int(rsp.Status or 0)
+
+
+def send_datasets(port: int, datasets: Sequence[Dataset], *, calling: str = "TESTSCU") -> list[int]:
+    """C-STORE ``datasets`` in order over one association proposing each data set's
+    (SOP class, transfer syntax) pair; their statuses (-1: no response).
+
+    Values that are invalid on purpose are sent as they are (pydicom's writing
+    validation is off while sending).
+    """
+    import pydicom.config
+
+    ae = AE(ae_title=calling)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    for sop_class, syntax in sorted(
+        {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets}
+    ):
+        ae.add_requested_context(sop_class, [syntax])
+    assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AE)
+    assert assoc.is_established
+    previous = pydicom.config.settings.writing_validation_mode
+    pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
+    try:
+        statuses = []
+        for ds in datasets:
+            status = assoc.send_c_store(ds)
+            statuses.append(int(status.Status) if status else -1)
+        return statuses
+    finally:
+        pydicom.config.settings.writing_validation_mode = previous
+        assoc.release()
+
+
+def rejection(assoc: Association) -> tuple[int, int, int]:
+    """(result, source, reason/diagnostic) of the A-ASSOCIATE-RJ that refused ``assoc``."""
+    assert assoc.is_rejected
+    primitive = assoc.acceptor.primitive
+    assert primitive is not None
+    return (int(primitive.result), int(primitive.result_source), int(primitive.diagnostic))

@@ -14,8 +14,9 @@ from typing import Any
 
 import pydicom
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom.dsutils import encode
+from pynetdicom.sop_class import Verification
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
@@ -24,7 +25,7 @@ from dicomnode.receiving.handlers import ReceiveContext
 from dicomnode.receiving.scp import stop_scp
 from dicomnode.receiving.statuses import Status
 from dicomnode.store.files import FileStore
-from dicomnode.store.models import Instance, Job
+from dicomnode.store.models import Job
 from dicomnode.uid import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from tests.helpers import (
     CR_IMAGE_STORAGE,
@@ -34,30 +35,22 @@ from tests.helpers import (
     make_cxr_dataset,
     wait_for_port,
 )
-from tests.unit.receiving.conftest import RunningScp, associate, run_scp, send_raw_store
+from tests.peers.node import incoming_files, instances
+from tests.peers.scp import UNCOMPRESSED, RunningScp, associate, run_scp, send_raw_store
 
-VERIFICATION = "1.2.840.10008.1.1"
-SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+pytestmark = [pytest.mark.integration]
+
 
 
 def _send(port: int, *datasets: pydicom.Dataset, calling: str = "TESTSCU") -> list[int]:
     assoc = associate(
-        port, [(DX_PRESENTATION_STORAGE, SYNTAXES), (CR_IMAGE_STORAGE, SYNTAXES)], calling=calling
+        port, [(DX_PRESENTATION_STORAGE, UNCOMPRESSED), (CR_IMAGE_STORAGE, UNCOMPRESSED)], calling=calling
     )
     assert assoc.is_established
     try:
         return [int(assoc.send_c_store(ds).Status) for ds in datasets]
     finally:
         assoc.release()
-
-
-def _instances(engine: Engine) -> list[Instance]:
-    with Session(engine) as session:
-        return list(session.scalars(select(Instance)))
-
-
-def _files(data_dir: Path) -> list[Path]:
-    return sorted(p for p in (data_dir / "incoming").rglob("*") if p.is_file())
 
 
 def _dataset_bytes(path: Path) -> bytes:
@@ -73,7 +66,7 @@ def test_store_success_writes_file_and_row(
     ds = make_cxr_dataset(rows=128, cols=96)
     assert _send(scp.port, ds) == [0x0000]
 
-    [row] = _instances(store_engine)
+    [row] = instances(store_engine)
     assert row.sop_instance_uid == ds.SOPInstanceUID
     assert row.study_instance_uid == ds.StudyInstanceUID
     assert row.series_instance_uid == ds.SeriesInstanceUID
@@ -82,7 +75,7 @@ def test_store_success_writes_file_and_row(
     assert row.calling_ae_title == "TESTSCU"
     stored = FileStore(data_dir).incoming_path(ds.SOPInstanceUID)
     assert row.path == str(stored.relative_to(data_dir.resolve()))
-    assert _files(data_dir) == [stored]  # no temporary file left
+    assert incoming_files(data_dir) == [stored]  # no temporary file left
     assert ds.SOPInstanceUID not in str(stored)
 
     back = pydicom.dcmread(stored)
@@ -112,8 +105,8 @@ def test_duplicate_is_acknowledged_once_and_first_copy_kept(
     assert _send(scp.port, first, first) == [0x0000, 0x0000]
     assert _send(scp.port, second) == [0x0000]  # another association
 
-    assert len(_instances(store_engine)) == 1
-    [path] = _files(data_dir)
+    assert len(instances(store_engine)) == 1
+    [path] = incoming_files(data_dir)
     assert pydicom.dcmread(path).PixelData == first.PixelData
 
 
@@ -123,27 +116,15 @@ def test_command_dataset_uid_mismatch_is_a900(
     ds = make_cxr_dataset()
     assoc = associate(scp.port, [(DX_PRESENTATION_STORAGE, [ExplicitVRLittleEndian])])
     try:
-        instance_status = send_raw_store(
-            assoc,
-            sop_class_uid=DX_PRESENTATION_STORAGE,
-            sop_instance_uid=generate_uid(),
-            dataset=ds,
-            transfer_syntax=ExplicitVRLittleEndian,
-        )
+        instance_status = send_raw_store(assoc, ds, sop_instance_uid=generate_uid())
         ds_cr = make_cxr_dataset(sop_class_uid=CR_IMAGE_STORAGE)
-        class_status = send_raw_store(
-            assoc,
-            sop_class_uid=DX_PRESENTATION_STORAGE,
-            sop_instance_uid=ds_cr.SOPInstanceUID,
-            dataset=ds_cr,
-            transfer_syntax=ExplicitVRLittleEndian,
-        )
+        class_status = send_raw_store(assoc, ds_cr, sop_instance_uid=ds_cr.SOPInstanceUID)
     finally:
         assoc.release()
     assert instance_status == Status.MISMATCH
     assert class_status == Status.MISMATCH
-    assert _instances(store_engine) == []
-    assert _files(data_dir) == []
+    assert instances(store_engine) == []
+    assert incoming_files(data_dir) == []
 
 
 def test_missing_study_uid_is_refused(
@@ -152,7 +133,7 @@ def test_missing_study_uid_is_refused(
     ds = make_cxr_dataset()
     del ds.StudyInstanceUID
     assert _send(scp.port, ds) == [Status.MISSING_UID]
-    assert _instances(store_engine) == [] and _files(data_dir) == []
+    assert instances(store_engine) == [] and incoming_files(data_dir) == []
 
 
 def test_invalid_uid_is_refused(scp: RunningScp, store_engine: Engine, data_dir: Path) -> None:
@@ -162,7 +143,7 @@ def test_invalid_uid_is_refused(scp: RunningScp, store_engine: Engine, data_dir:
         patch.setattr(pydicom.config.settings, "writing_validation_mode", pydicom.config.IGNORE)
         statuses = _send(scp.port, ds)
     assert statuses == [Status.INVALID_UID]
-    assert _instances(store_engine) == [] and _files(data_dir) == []
+    assert instances(store_engine) == [] and incoming_files(data_dir) == []
 
 
 @pytest.mark.parametrize(
@@ -178,20 +159,14 @@ def test_hostile_instance_uids_are_refused(
     try:
         with pytest.MonkeyPatch.context() as patch:  # let the SCU write an invalid value
             patch.setattr(pydicom.config.settings, "writing_validation_mode", pydicom.config.IGNORE)
-            status = send_raw_store(
-                assoc,
-                sop_class_uid=DX_PRESENTATION_STORAGE,
-                sop_instance_uid=generate_uid(),
-                dataset=ds,
-                transfer_syntax=ExplicitVRLittleEndian,
-            )
+            status = send_raw_store(assoc, ds, sop_instance_uid=generate_uid())
     finally:
         assoc.release()
     # pydicom strips trailing whitespace from UI values, so "1.2.3\n" arrives as a valid
     # "1.2.3" that no longer matches the command: refused either way. An overlong UI
     # fails the VR length check of check_structure first.
     assert status in (Status.INVALID_UID, Status.MISMATCH, Status.INVALID_VALUE)
-    assert _instances(store_engine) == []
+    assert instances(store_engine) == []
     assert [
         p for p in data_dir.parent.rglob("*") if p.is_file() and data_dir not in p.parents
     ] == []
@@ -206,7 +181,7 @@ def test_deeply_nested_sequences_are_refused(scp: RunningScp, store_engine: Engi
         item = outer
     ds.ReferencedImageSequence = [item]
     assert _send(scp.port, ds) == [Status.CANNOT_UNDERSTAND]
-    assert _instances(store_engine) == []
+    assert instances(store_engine) == []
 
 
 def test_garbage_dataset_is_cannot_understand(
@@ -217,16 +192,14 @@ def test_garbage_dataset_is_cannot_understand(
     try:
         status = send_raw_store(
             assoc,
-            sop_class_uid=DX_PRESENTATION_STORAGE,
+            b"\x08\x00\x18\x00UI\x40\x00" + b"not a dicom data set at all" * 3,
             sop_instance_uid=uid,
-            dataset=b"\x08\x00\x18\x00UI\x40\x00" + b"not a dicom data set at all" * 3,
-            transfer_syntax=ExplicitVRLittleEndian,
         )
     finally:
         assoc.release()
     assert status in (Status.CANNOT_UNDERSTAND, 0xC222)
     assert 0xC000 <= status <= 0xCFFF
-    assert _instances(store_engine) == [] and _files(data_dir) == []
+    assert instances(store_engine) == [] and incoming_files(data_dir) == []
 
 
 def test_non_chest_is_stored_and_skipped(
@@ -234,10 +207,10 @@ def test_non_chest_is_stored_and_skipped(
 ) -> None:
     ds = make_cxr_dataset(BodyPartExamined="ABDOMEN")
     assert _send(scp.port, ds) == [0x0000]
-    [row] = _instances(store_engine)
+    [row] = instances(store_engine)
     assert row.state == InstanceState.SKIPPED
     assert row.skip_reason == "BodyPartExamined 'ABDOMEN' is not a chest"
-    assert len(_files(data_dir)) == 1
+    assert len(incoming_files(data_dir)) == 1
 
 
 def test_database_failure_after_write_is_a700_and_file_removed(
@@ -250,7 +223,7 @@ def test_database_failure_after_write_is_a700_and_file_removed(
         assert _send(running.port, make_cxr_dataset()) == [Status.OUT_OF_RESOURCES]
     finally:
         stop_scp(running.server, grace_s=2)
-    assert _files(data_dir) == []
+    assert incoming_files(data_dir) == []
 
 
 def test_free_space_below_min_free_bytes_is_a700_and_nothing_is_written(
@@ -262,7 +235,7 @@ def test_free_space_below_min_free_bytes_is_a700_and_nothing_is_written(
         assert _send(running.port, make_cxr_dataset()) == [Status.OUT_OF_RESOURCES]
     finally:
         stop_scp(running.server, grace_s=2)
-    assert _instances(store_engine) == [] and _files(data_dir) == []
+    assert instances(store_engine) == [] and incoming_files(data_dir) == []
 
 
 def test_disk_failure_is_a700(
@@ -274,11 +247,11 @@ def test_disk_failure_is_a700(
         assert _send(running.port, make_cxr_dataset()) == [Status.OUT_OF_RESOURCES]
     finally:
         stop_scp(running.server, grace_s=2)
-    assert _instances(store_engine) == []
+    assert instances(store_engine) == []
 
 
 def test_echo(scp: RunningScp) -> None:
-    assoc = associate(scp.port, [(VERIFICATION, [ExplicitVRLittleEndian])])
+    assoc = associate(scp.port, [(Verification, [ExplicitVRLittleEndian])])
     assert assoc.is_established
     try:
         assert int(assoc.send_c_echo().Status) == 0x0000
@@ -363,9 +336,9 @@ def test_duplicates_are_counted_and_conflicts_logged(
     assert len(warnings) == 2 and all(
         "DIFFERENT content" in w and first.SOPInstanceUID in w for w in warnings
     )
-    [path] = _files(data_dir)
+    [path] = incoming_files(data_dir)
     assert pydicom.dcmread(path).PixelData == first.PixelData  # the first copy won
-    assert len(_instances(store_engine)) == 1
+    assert len(instances(store_engine)) == 1
     # ... and counted where `dicomnode status` reads them (issue 15), text and JSON.
     from typer.testing import CliRunner
 
@@ -389,7 +362,7 @@ def test_unrecorded_file_left_by_a_crash_is_replaced(
     stale.write_bytes(b"half a file from a receiver killed before its commit")
     assert _send(scp.port, ds) == [0x0000]
     assert pydicom.dcmread(stale).PixelData == ds.PixelData
-    assert len(_instances(store_engine)) == 1
+    assert len(instances(store_engine)) == 1
 
 
 @pytest.mark.parametrize("keyword", ["StudyInstanceUID", "SeriesInstanceUID"])
@@ -413,14 +386,12 @@ def test_hostile_study_and_series_uids_are_refused(
         setattr(ds, keyword, hostile)
         status = _send(scp.port, ds)[0]
     assert status in (Status.INVALID_UID, Status.INVALID_VALUE)
-    assert _instances(store_engine) == [] and _files(data_dir) == []
+    assert instances(store_engine) == [] and incoming_files(data_dir) == []
     assert [
         p for p in data_dir.parent.rglob("*") if p.is_file() and data_dir not in p.parents
     ] == []
     with Session(store_engine) as session:  # the tables are intact
         assert session.scalars(select(Job)).all() == []
-
-
 
 
 @pytest.mark.slow
@@ -432,7 +403,9 @@ def test_two_receiver_processes_racing_on_one_uid_store_it_once(
 
     ports = [free_port(), free_port()]
     processes = [
-        subprocess.Popen([sys.executable, "-m", "tests.receiver_main", str(data_dir), str(port)], cwd=REPO_ROOT)
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.receiver_main", str(data_dir), str(port)], cwd=REPO_ROOT
+        )
         for port in ports
     ]
     try:
@@ -460,11 +433,11 @@ def test_two_receiver_processes_racing_on_one_uid_store_it_once(
                 process.kill()
                 process.wait(timeout=10)
     assert statuses == [0x0000] * 24
-    rows = {row.sop_instance_uid: row for row in _instances(store_engine)}
+    rows = {row.sop_instance_uid: row for row in instances(store_engine)}
     assert len(rows) == 12
     files = FileStore(data_dir)
     for a, b in pairs:
         # The copy on disk is the one whose receiver recorded it (first copy wins).
         winner = a if rows[a.SOPInstanceUID].calling_ae_title == "SENDERA" else b
         assert pydicom.dcmread(files.incoming_path(a.SOPInstanceUID)).PixelData == winner.PixelData
-    assert len(_files(data_dir)) == 12  # no partial or extra file
+    assert len(incoming_files(data_dir)) == 12  # no partial or extra file

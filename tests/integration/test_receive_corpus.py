@@ -25,8 +25,10 @@ from dicomnode.store.db import make_engine, make_sessionmaker
 from dicomnode.store.files import FileStore
 from dicomnode.store.models import Instance
 from tests.helpers import DX_PRESENTATION_STORAGE
-from tests.unit.receiving import corpus
-from tests.unit.receiving.conftest import RunningScp, associate, run_scp, send_raw_store
+from tests.peers import corpus
+from tests.peers.scp import RunningScp, associate, run_scp, send_raw_store
+
+pytestmark = [pytest.mark.integration]
 
 
 @pytest.fixture(scope="module")
@@ -96,9 +98,9 @@ def test_malformed_wire_data_is_never_acknowledged(
     try:
         status = send_raw_store(
             assoc,
-            sop_class_uid=case.sop_class_uid,
+            case.payload,
             sop_instance_uid=case.sop_instance_uid,
-            dataset=case.payload,
+            sop_class_uid=case.sop_class_uid,
             transfer_syntax=case.transfer_syntax,
         )
     finally:
