@@ -20,10 +20,10 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, Future
+from concurrent.futures import BrokenExecutor, Executor, Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 from pydicom import dcmread
@@ -55,6 +55,8 @@ if TYPE_CHECKING:
     from dicomnode.outputs.sr import PriorReport
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 ExplainMode = Literal["all", "positive"]
 OutOfPopulation = Literal["flag", "skip"]
@@ -610,6 +612,16 @@ def _without_model_input(entry: StudyEntry) -> StudyEntry:
     return entry
 
 
+def _submit(pool: Executor, fn: Callable[..., T], *args: Any) -> Future[T]:
+    """``pool.submit``; a pool that is broken already gives a failed Future, not an exception."""
+    try:
+        return pool.submit(fn, *args)
+    except BrokenExecutor as exc:
+        failed: Future[T] = Future()
+        failed.set_exception(exc)
+        return failed
+
+
 def _model_chunks(claims: Sequence[ClaimedJob], images: dict[int, list[PreparedImage]], size: int) -> list[list[ClaimedJob]]:
     """Consecutive claims grouped so that each group fills about one model batch."""
     chunks: list[list[ClaimedJob]] = []
@@ -654,7 +666,7 @@ def process_jobs(
     max_side = options.outputs.max_heatmap_side
     loads = {
         claim.job_id: [
-            (instance, pool.submit(load_image, files.absolute(instance.path), preprocessing, max_side))
+            (instance, _submit(pool, load_image, files.absolute(instance.path), preprocessing, max_side))
             for instance in claim.instances
         ]
         for claim in claims
@@ -667,7 +679,14 @@ def process_jobs(
     def _collect(claim: ClaimedJob) -> None:
         log = logging.LoggerAdapter(logger, {"job_id": claim.job_id, "study_instance_uid": claim.study_instance_uid})
         for instance, future in loads[claim.job_id]:
-            loaded = future.result()
+            try:
+                loaded = future.result()
+            except BrokenExecutor as exc:  # a worker process died: the study is retried
+                outcomes[claim.job_id].error = f"image decoding failed: {type(exc).__name__}: {exc}"
+                images[claim.job_id] = []
+                return
+            except Exception as exc:  # noqa: BLE001 - e.g. a result that cannot travel back: this image only
+                loaded = Undecodable(f"cannot decode: {type(exc).__name__}: {exc}", None)
             if isinstance(loaded, PreparedImage):
                 slots[claim.job_id].append(loaded)
                 continue
@@ -707,8 +726,8 @@ def process_jobs(
                 analysed[claim.job_id][s.key] if isinstance(s, PreparedImage) else s for s in slots[claim.job_id]
             ]
             predecessor, number = _prior_report(claim, files, identity)
-            future = pool.submit(
-                build_and_write, [_without_model_input(e) for e in entries], identity, preprocessing, options,
+            future = _submit(
+                pool, build_and_write, [_without_model_input(e) for e in entries], identity, preprocessing, options,
                 files, predecessor, number,
             )  # fmt: skip
             builds[claim.job_id] = (future, predecessor, entries)
@@ -724,6 +743,10 @@ def process_jobs(
         except DicomNodeError as exc:
             outcome.error = str(exc)
             log.warning("job %d failed: %s", claim.job_id, exc)
+            continue
+        except Exception as exc:  # noqa: BLE001 - a dead worker process or a value that cannot travel: this study only
+            outcome.error = f"result building failed: {type(exc).__name__}: {exc}"
+            log.warning("job %d failed: %s", claim.job_id, outcome.error)
             continue
         outcome.results, outcome.findings = made.results, made.findings
         if not made.results:

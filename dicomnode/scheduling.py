@@ -34,6 +34,7 @@ from dicomnode.pids import pid_alive
 from dicomnode.pipeline import PipelineOptions, process_jobs
 from dicomnode.store import queue
 from dicomnode.store.files import FileStore
+from dicomnode.workpool import is_broken, reopen
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.background import BackgroundScheduler
@@ -195,7 +196,11 @@ class NodeWorker:
         if not claims:
             return
         with metrics.BATCH_SECONDS.time():
-            outcomes = process_jobs(claims, self.runner, self.files, self.options, self.pool)
+            try:
+                outcomes = process_jobs(claims, self.runner, self.files, self.options, self.pool)
+            finally:
+                if self.pool is not None and is_broken(self.pool):
+                    self.pool = reopen(self.pool)
         for outcome in outcomes:
             with self.sessions.begin() as session:
                 for sop_uid, reason in outcome.skipped.items():

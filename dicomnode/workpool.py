@@ -85,6 +85,7 @@ class ProcessPool(ProcessPoolExecutor):
     """A ``spawn`` process pool whose workers log through this process's handlers."""
 
     def __init__(self, processes: int) -> None:
+        self.processes = processes
         context = multiprocessing.get_context("spawn")
         self._records: Queue[Any] = context.Queue()
         self._listener = QueueListener(self._records, _Forward())
@@ -98,7 +99,8 @@ class ProcessPool(ProcessPoolExecutor):
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         super().shutdown(wait=wait, cancel_futures=cancel_futures)
-        self._listener.stop()
+        if self._listener._thread is not None:  # stop once (shutdown may be called again)
+            self._listener.stop()
 
 
 _STAGE_MODULES = (
@@ -138,3 +140,17 @@ def open_pool(processes: Processes) -> Executor:
     for _ in range(size):  # starts every worker now, importing in the background
         pool.submit(_import_stage_modules)
     return pool
+
+
+def is_broken(pool: Executor) -> bool:
+    """True when a worker process of ``pool`` died: every later call would fail."""
+    return isinstance(pool, ProcessPool) and bool(getattr(pool, "_broken", False))
+
+
+def reopen(pool: Executor) -> Executor:
+    """A fresh pool of the same size in place of a broken one (which is shut down)."""
+    if not isinstance(pool, ProcessPool):
+        return pool
+    pool.shutdown(wait=False, cancel_futures=True)
+    logger.warning("a pipeline worker process died; starting %d new one(s)", pool.processes)
+    return open_pool(pool.processes)

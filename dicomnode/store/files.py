@@ -25,7 +25,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomBytesIO
@@ -165,6 +165,11 @@ class FileStore:
         self.fsync = fsync
         self._locks = UidLocks(self.data_dir / LOCK_FOLDER)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle as the folder and the fsync flag (the pipeline's worker processes get a
+        store of their own; per-process locks are not sent along)."""
+        return (_open_store, (self.data_dir, self.fsync))
+
     def lock_instance(self, sop_instance_uid: str) -> AbstractContextManager[None]:
         """Hold ``sop_instance_uid``'s lock in this process and across processes sharing
         the data folder (``flock`` on a stripe file in ``<data_dir>/locks``).
@@ -293,3 +298,8 @@ def _write_all(fd: int, parts: list[bytes | memoryview]) -> None:
                 raise OSError("write makes no progress")
             offset += written
         view.release()
+
+
+def _open_store(data_dir: Path, fsync: bool) -> FileStore:
+    """A :class:`FileStore` for ``data_dir`` (how a store is unpickled)."""
+    return FileStore(data_dir, fsync=fsync)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import time
 from collections.abc import Iterator
 from concurrent.futures import Executor
@@ -22,7 +24,7 @@ from dicomnode.inference.runner import ModelRunner
 from dicomnode.pipeline import PipelineOptions, process_jobs
 from dicomnode.store.files import FileStore
 from dicomnode.store.queue import utcnow
-from dicomnode.workpool import InlineExecutor, open_pool, pool_size
+from dicomnode.workpool import InlineExecutor, is_broken, open_pool, pool_size, reopen
 from tests.helpers import make_cxr_dataset, make_tiny_model
 
 
@@ -126,3 +128,42 @@ def test_pool_size() -> None:
     assert pool_size(0) == 0 and pool_size(3) == 3 and pool_size("auto") >= 1
     with pytest.raises(ValueError, match=">= 0"):
         pool_size(-1)
+
+
+def test_a_dead_worker_fails_the_batch_studies_and_the_pool_is_replaced(tmp_path: Path, runner: ModelRunner) -> None:
+    """A worker process killed mid-run: the studies fail (and are retried later), no
+    exception escapes, and :func:`reopen` gives a pool that works again."""
+    files = FileStore(tmp_path / "data")
+    claims = _claims(files)
+    options = PipelineOptions(OutputSettings())
+    broken = open_pool(1)
+    try:
+        assert broken.submit(pool_size, 1).result(timeout=60) == 1
+        for process in list(broken._processes.values()):  # type: ignore[attr-defined]
+            os.kill(process.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while not is_broken(broken) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert is_broken(broken)
+        outcomes = process_jobs(claims, runner, files, options, broken)
+        assert all(o.error is not None and "BrokenProcessPool" in o.error for o in outcomes)
+        assert all(o.results == [] for o in outcomes)
+        fresh = reopen(broken)
+    finally:
+        broken.shutdown(wait=False)
+    try:
+        assert not is_broken(fresh)
+        assert [o.error for o in process_jobs(claims, runner, files, options, fresh)] == [None, None, None]
+    finally:
+        fresh.shutdown(wait=True)
+
+
+def test_a_file_store_travels_to_a_worker(tmp_path: Path, pool: Executor) -> None:
+    """The store (which holds per-process locks) is sent as its folder and fsync flag."""
+    files = FileStore(tmp_path / "data", fsync=False)
+    copy = pool.submit(_identity, files).result(timeout=60)
+    assert copy.data_dir == files.data_dir and copy.fsync is False
+
+
+def _identity(value: FileStore) -> FileStore:
+    return value

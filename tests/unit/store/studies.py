@@ -12,7 +12,7 @@ from typing import Literal
 from pydicom.uid import generate_uid
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicomnode.domain import FindingDecision, InstanceState, ResultKind
+from dicomnode.domain import FindingDecision, InstanceState, NewFinding, NewResult, ResultKind
 from dicomnode.store import queue
 from dicomnode.store.files import FileStore
 
@@ -72,7 +72,7 @@ def make_study(
         for instance in claim.instances:
             sc_uid = generate_uid()
             results.append(_result(files, ResultKind.HEATMAP_SC, sc_uid))
-            findings.append(queue.NewFinding(
+            findings.append(NewFinding(
                 sop_instance_uid=instance.sop_instance_uid, label="pneumonia",
                 decision=FindingDecision.PRESENT if probability >= 0.5 else FindingDecision.ABSENT,
                 model_name=model, model_version="1.0", probability=probability, threshold=0.5,
@@ -95,7 +95,7 @@ def make_study(
     return study
 
 
-def _result(files: FileStore, kind: ResultKind, uid: str) -> queue.NewResult:
+def _result(files: FileStore, kind: ResultKind, uid: str) -> NewResult:
     path = files.result_path(uid)
     files.write_atomic(path, [b"\0" * FILE_BYTES])
-    return queue.NewResult(kind=kind, sop_instance_uid=uid, sop_class_uid="1.2.840.10008.5.1.4.1.1.7", path=files.relative(path))
+    return NewResult(kind=kind, sop_instance_uid=uid, sop_class_uid="1.2.840.10008.5.1.4.1.1.7", path=files.relative(path))
