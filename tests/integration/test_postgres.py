@@ -97,6 +97,8 @@ def test_pre_alembic_postgres_database_is_stamped_and_keeps_working(pg_url: str,
             sop_class_uid="1.2.840.10008.5.1.4.1.1.1.1", path="in/a.dcm", state=InstanceState.ACCEPTED,
             skip_reason=None, calling_ae_title="SCU", now=T0,
         )  # fmt: skip
+    with old.begin() as connection:  # as the baseline had it (0003 adds the column)
+        connection.execute(text("ALTER TABLE study DROP COLUMN files_purged_at"))
     old.dispose()
     engine = make_engine(StoreSettings(data_dir=tmp_path / "node", db_url=pg_url))
     try:
