@@ -20,6 +20,8 @@ import importlib
 import logging
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from logging.handlers import QueueHandler, QueueListener
@@ -70,15 +72,25 @@ class _Forward(logging.Handler):
         logging.getLogger(record.name).handle(record)
 
 
-def _worker_logging(records: Queue[Any], level: int) -> None:
-    """Initializer of each worker: every record and warning goes to the parent's queue.
+def _start_worker(records: Queue[Any], level: int, parent: int) -> None:
+    """Initializer of each worker.
 
-    The parent's handlers (and so its PHI guard) see them; nothing is printed here.
+    Every record and warning goes to the parent's queue: the parent's handlers (and so
+    its PHI guard) see them, nothing is printed here. A daemon thread ends the worker
+    when the parent is gone (a node killed with SIGKILL leaves no idle workers behind).
     """
     root = logging.getLogger()
     root.handlers[:] = [QueueHandler(records)]
     root.setLevel(level)
     logging.captureWarnings(True)
+    threading.Thread(target=_exit_with_parent, args=(parent,), name="parent-watch", daemon=True).start()
+
+
+def _exit_with_parent(parent: int, period_s: float = 1.0) -> None:
+    """End this process within ``period_s`` seconds of ``parent`` exiting (re-parenting)."""
+    while os.getppid() == parent:
+        time.sleep(period_s)
+    os._exit(0)
 
 
 class ProcessPool(ProcessPoolExecutor):
@@ -93,8 +105,8 @@ class ProcessPool(ProcessPoolExecutor):
         super().__init__(
             max_workers=processes,
             mp_context=context,
-            initializer=_worker_logging,
-            initargs=(self._records, logging.getLogger().getEffectiveLevel()),
+            initializer=_start_worker,
+            initargs=(self._records, logging.getLogger().getEffectiveLevel(), os.getpid()),
         )
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:

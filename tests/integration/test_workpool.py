@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import Executor
@@ -167,3 +169,37 @@ def test_a_file_store_travels_to_a_worker(tmp_path: Path, pool: Executor) -> Non
 
 def _identity(value: FileStore) -> FileStore:
     return value
+
+
+_OWNER = """
+import sys, time
+from dicomnode.workpool import open_pool
+pool = open_pool(1)
+pool.submit(int, 1).result(timeout=120)
+print(*[p.pid for p in pool._processes.values()], flush=True)
+time.sleep(600)
+"""
+
+
+def test_workers_end_when_their_node_is_killed(tmp_path: Path) -> None:
+    """SIGKILL of the node leaves no idle pipeline worker behind (it exits within seconds)."""
+    owner = subprocess.Popen([sys.executable, "-c", _OWNER], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2])
+    try:
+        assert owner.stdout is not None
+        workers = [int(pid) for pid in owner.stdout.readline().split()]
+        assert workers and all(_alive(pid) for pid in workers)
+    finally:
+        owner.kill()
+        owner.wait(timeout=30)
+    deadline = time.monotonic() + 15
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in workers)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
