@@ -37,6 +37,10 @@ def start_node(
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO_ROOT, env={**os.environ, **(env or {})},
     )
     wait_for_port(port, timeout_s=180)
+    # The port is bound before the model loads (receiving processes share it): TCP
+    # connects early, DICOM is served once the node is ready. A C-ECHO waits for that.
+    subprocess.run([dcmtk("echoscu"), "-aec", "DICOMNODE", "-to", "180", "127.0.0.1", str(port)],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=200)
     return process, port
 
 

@@ -104,7 +104,7 @@ class Node:
         from dicomnode.inference.loading import load_runner
         from dicomnode.pipeline import PipelineOptions
         from dicomnode.scheduling import NodeWorker, start_scheduler
-        from dicomnode.workpool import open_pool
+        from dicomnode.workpool import open_pool, wait_ready
 
         removed = self.files.remove_partials()
         if removed:
@@ -115,6 +115,7 @@ class Node:
                 if self.runner is None:
                     self.runner = load_runner(self.settings.model)
                 self.runner.warm_up(self.settings.model.batch_size)
+                wait_ready(pool)  # the first study does not wait for workers to start
             except BaseException:
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise

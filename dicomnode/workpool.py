@@ -23,7 +23,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, wait
 from logging.handlers import QueueHandler, QueueListener
 from multiprocessing.queues import Queue
 from typing import Any, Literal, ParamSpec, TypeVar
@@ -98,6 +98,8 @@ class ProcessPool(ProcessPoolExecutor):
 
     def __init__(self, processes: int) -> None:
         self.processes = processes
+        #: the start-up calls that import the stage modules in each worker (see :meth:`wait_ready`)
+        self.warming: list[Future[None]] = []
         context = multiprocessing.get_context("spawn")
         self._records: Queue[Any] = context.Queue()
         self._listener = QueueListener(self._records, _Forward())
@@ -108,6 +110,19 @@ class ProcessPool(ProcessPoolExecutor):
             initializer=_start_worker,
             initargs=(self._records, logging.getLogger().getEffectiveLevel(), os.getpid()),
         )
+
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        """Block until every worker has imported the stage modules (at most ``timeout_s``).
+
+        Raises:
+            TimeoutError: the workers are not ready in time.
+            BrokenExecutor: a worker died while starting.
+        """
+        done, pending = wait(self.warming, timeout=timeout_s)
+        if pending:
+            raise TimeoutError(f"pipeline workers not ready after {timeout_s:.0f} s")
+        for future in done:
+            future.result()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         super().shutdown(wait=wait, cancel_futures=cancel_futures)
@@ -149,8 +164,8 @@ def open_pool(processes: Processes) -> Executor:
         return InlineExecutor()
     logger.info("pipeline: %d worker process(es) for decoding and building results", size)
     pool = ProcessPool(size)
-    for _ in range(size):  # starts every worker now, importing in the background
-        pool.submit(_import_stage_modules)
+    # Starts every worker now; they import while the node loads its model.
+    pool.warming = [pool.submit(_import_stage_modules) for _ in range(size)]
     return pool
 
 
@@ -166,3 +181,9 @@ def reopen(pool: Executor) -> Executor:
     pool.shutdown(wait=False, cancel_futures=True)
     logger.warning("a pipeline worker process died; starting %d new one(s)", pool.processes)
     return open_pool(pool.processes)
+
+
+def wait_ready(pool: Executor, timeout_s: float = 120.0) -> None:
+    """Block until a process pool's workers are ready (an inline executor always is)."""
+    if isinstance(pool, ProcessPool):
+        pool.wait_ready(timeout_s)
