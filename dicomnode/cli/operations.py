@@ -45,14 +45,19 @@ def _finding_text(item: dict[str, Any]) -> str:
     return f"{label} {item['decision']}{probability}"
 
 
-def result_line(row: dict[str, Any]) -> str:
-    """One study of :func:`dicomnode.web.studies.list_studies` as one line (no patient data)."""
+def result_line(row: dict[str, Any], *, destination: bool = True) -> str:
+    """One study of :func:`dicomnode.web.studies.list_studies` as one line (no patient data).
+
+    ``destination=False``: results are not sent anywhere, so a pending delivery reads
+    "kept in results/" (as ``status`` says).
+    """
     findings = "; ".join(_finding_text(f) for f in row["findings"]) or "no finding yet"
     models = ", ".join(row["models"]) or "-"
     purged = f" files purged {row['files_purged_at']}" if row["files_purged_at"] else ""
     received = row["timeline"]["last_received"] or "-"
+    delivery = row["delivery"] if destination or row["delivery"] != "pending" else "kept in results/ (no destination)"
     return (f"{row['study_instance_uid']}  {received}  {row['state'] or '-'}  {findings}  "
-            f"model {models}  delivery {row['delivery']}{purged}")
+            f"model {models}  delivery {delivery}{purged}")
 
 
 def results(
@@ -89,8 +94,9 @@ def results(
     if not rows:
         typer.echo("no study matches")
         return
+    destination = destination_in_effect(settings, processes(settings)) is not None
     for row in rows:
-        typer.echo(result_line(row))
+        typer.echo(result_line(row, destination=destination))
 
 
 def reprocess(

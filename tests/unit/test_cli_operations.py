@@ -63,7 +63,14 @@ def test_results_prints_one_line_per_study_and_json_like_the_api(
     assert [line.split()[0] for line in lines] == [positive, negative, old]
     assert "sent" in lines[0] and "pneumonia present 0.900" in lines[0] and "model default v1.0" in lines[0]
     assert "delivery sent" in lines[0]
-    assert "pneumonia absent 0.100" in lines[1] and "delivery pending" in lines[1]
+    # no destination: what is not sent stays in results/ (as ``status`` says)
+    assert "pneumonia absent 0.100" in lines[1] and "delivery kept in results/ (no destination)" in lines[1]
+    result = runner.invoke(
+        app, ["results", "--data-dir", str(node_dir)],
+        env={"DICOMNODE_DESTINATION__AE_TITLE": "PACS", "DICOMNODE_DESTINATION__HOST": "127.0.0.1"},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert "delivery pending" in result.stdout.splitlines()[1]
 
     code, out, _ = _run("results", "--data-dir", str(node_dir), "--json", "--positive", "--since", "24h")
     assert code == 0
