@@ -73,6 +73,16 @@ def instance_exists(session: Session, sop_instance_uid: str) -> bool:
     return session.get(Instance, sop_instance_uid) is not None
 
 
+def open_job(session: Session, study_instance_uid: str) -> Job | None:
+    """The study's newest job still waiting to be claimed (RECEIVED or READY), if any."""
+    return session.scalars(
+        select(Job)
+        .where(Job.study_instance_uid == study_instance_uid, Job.state.in_(_OPEN_STATES))
+        .order_by(Job.id.desc())
+        .limit(1)
+    ).first()
+
+
 def record_instance(
     session: Session,
     *,
@@ -104,12 +114,7 @@ def record_instance(
         session.add(study)
     else:
         study.last_received_at = now
-    job = session.scalars(
-        select(Job)
-        .where(Job.study_instance_uid == study_instance_uid, Job.state.in_(_OPEN_STATES))
-        .order_by(Job.id.desc())
-        .limit(1)
-    ).first()
+    job = open_job(session, study_instance_uid)
     if job is None:
         job = Job(study_instance_uid=study_instance_uid, state=JobState.RECEIVED, created_at=now, last_instance_at=now)
         session.add(job)

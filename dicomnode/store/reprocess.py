@@ -19,13 +19,10 @@ from sqlalchemy.orm import Session
 
 from dicomnode.domain import InstanceState, JobState
 from dicomnode.errors import DicomNodeError
+from dicomnode.store import queue
 from dicomnode.store.models import Instance, Job, Study
 
 __all__ = ["ReprocessError", "Requeued", "reprocess_studies"]
-
-#: A study with a job in one of these states is already waiting to be analysed.
-_WAITING = (JobState.RECEIVED, JobState.READY)
-
 
 class ReprocessError(DicomNodeError):
     """A study cannot be re-analysed (unknown, files purged, no usable image)."""
@@ -83,12 +80,7 @@ def reprocess_studies(session: Session, study_uids: Sequence[str], *, now: datet
         _check(session, uid)
     done: list[Requeued] = []
     for uid in unique:
-        waiting = session.scalars(
-            select(Job)
-            .where(Job.study_instance_uid == uid, Job.state.in_(_WAITING))
-            .order_by(Job.id.desc())
-            .limit(1)
-        ).first()
+        waiting = queue.open_job(session, uid)
         if waiting is not None:
             done.append(Requeued(uid, waiting.id, created=False))
             continue
