@@ -542,6 +542,15 @@ class Undecodable:
     header: Dataset | None
 
 
+#: What reading and decoding an image may raise when the file or its pixels are unusable.
+_DECODE_ERRORS = (InferenceError, OSError, ValueError, AttributeError, KeyError, TypeError)
+
+
+def _decode_failure(exc: Exception) -> str:
+    """The not-assessed detail for an image that could not be read or decoded (no PHI)."""
+    return str(exc) if isinstance(exc, InferenceError) else f"cannot decode: {exc}"
+
+
 def load_image(path: Path, preprocessing: Preprocessing, max_side: int) -> PreparedImage | Undecodable:
     """Read and decode one received file for the model (a pipeline stage: runs in a worker).
 
@@ -552,10 +561,8 @@ def load_image(path: Path, preprocessing: Preprocessing, max_side: int) -> Prepa
     """
     try:
         return prepare_image(dcmread(path), preprocessing, max_side)
-    except InferenceError as exc:
-        detail = str(exc)
-    except (OSError, ValueError, AttributeError, KeyError, TypeError) as exc:
-        detail = f"cannot decode: {exc}"
+    except _DECODE_ERRORS as exc:
+        detail = _decode_failure(exc)
     try:
         header = _read_header(path)
         if all(header.get(k) for k in ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")):
@@ -863,10 +870,8 @@ def analyse_files(paths: Sequence[Path], runner: ModelRunner, options: PipelineO
         else:
             try:
                 item = prepare_image(source, runner.manifest.preprocessing, options.outputs.max_heatmap_side)
-            except InferenceError as exc:
-                item = NotAssessedImage(source, NotAssessedReason.UNDECODABLE, str(exc))
-            except (OSError, ValueError, AttributeError, KeyError, TypeError) as exc:
-                item = NotAssessedImage(source, NotAssessedReason.UNDECODABLE, f"cannot decode: {exc}")
+            except _DECODE_ERRORS as exc:
+                item = NotAssessedImage(source, NotAssessedReason.UNDECODABLE, _decode_failure(exc))
         slot_line[id(item)] = line
         if isinstance(item, NotAssessedImage):
             line.text = describe(item)
