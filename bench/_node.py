@@ -58,8 +58,8 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def descendants(pid: int) -> list[int]:
-    """Pids of every live process below ``pid`` (children, their children, ...), from /proc."""
+def _children_by_parent() -> dict[int, list[int]]:
+    """Live pids per parent pid, from /proc."""
     parents: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -69,6 +69,17 @@ def descendants(pid: int) -> list[int]:
         except OSError:
             continue
         parents.setdefault(int(stat[stat.rindex(")") + 2 :].split()[1]), []).append(int(entry.name))
+    return parents
+
+
+def children(pid: int) -> list[int]:
+    """Pids of the live child processes of ``pid``."""
+    return _children_by_parent().get(pid, [])
+
+
+def descendants(pid: int) -> list[int]:
+    """Pids of every live process below ``pid`` (children, their children, ...)."""
+    parents = _children_by_parent()
     found, todo = [], [pid]
     while todo:
         for child in parents.get(todo.pop(), []):

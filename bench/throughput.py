@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import dcmtk, write_dx_files  # noqa: E402
-from _node import start_destination, start_node  # noqa: E402
+from _node import children, start_destination, start_node  # noqa: E402
 
 
 def reference_rate(model: str, files: list[Path], batch_size: int, device: str) -> tuple[float, str]:
@@ -48,19 +48,6 @@ def reference_rate(model: str, files: list[Path], batch_size: int, device: str) 
     for batch in batches:
         runner.predict_and_explain(batch)
     return len(prepared) / (time.perf_counter() - start), str(runner.device)
-
-
-def children(pid: int) -> list[int]:
-    """Pids of the live child processes of ``pid`` (from /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            stat = (entry / "stat").read_text() if entry.name.isdigit() else ""
-        except OSError:
-            continue
-        if stat and int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
-            found.append(int(entry.name))
-    return found
 
 
 def send_all(port: int, files: list[Path], associations: int) -> None:
