@@ -403,7 +403,7 @@ def build_study_outputs(
             content_tag=f"explain={options.explain};{tag}",
             instance_number=sr_instance_number,
         )
-        built.append(BuiltObject(ResultKind.FINDINGS_SR, sr, validate_result(sr)))
+        built.append(BuiltObject(ResultKind.FINDINGS_SR, sr, validate_result(sr, encoded_content=True)))
     except OutputBuildError:
         raise
     except (ValueError, TypeError, AttributeError, KeyError) as exc:

@@ -24,6 +24,7 @@ from dicomnode.domain import ModelIdentity
 from dicomnode.outputs import codes
 from dicomnode.outputs.charset import with_writable_charset
 from dicomnode.outputs.equipment import equipment_arguments
+from dicomnode.outputs.iodcache import memoise_iod_lookups
 from dicomnode.outputs.uids import derived_uid, stamp_implementation
 from dicomnode.outputs.validate import drop_invalid_elements
 
@@ -84,6 +85,8 @@ def build_heatmap_sc(
         raise ValueError(f"source dataset lacks {', '.join(missing)}")
 
     from highdicom.sc import ConversionTypeValues, SCImage
+
+    memoise_iod_lookups()
 
     if sop_instance_uid is None:
         sop_instance_uid = derived_uid(
