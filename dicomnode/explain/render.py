@@ -308,6 +308,8 @@ def _wrap(
     words = [word.replace(_NBSP, " ") for word in line.split(" ") if word]
     if not words:
         return [""]
+    if font.getlength(" ".join(words)) <= max_px:  # the usual case: one measurement, not one a word
+        return [" ".join(words)]
     rows: list[str] = []
     current = words[0]
     for word in words[1:]:
