@@ -8,7 +8,7 @@ decode + window + resize, the same forward + Grad-CAM, overlay rendering, SC + S
 building and validation, atomic writes. Ratio = pipeline img/s / reference img/s
 (target >= 0.8).
 
-    .venv/bin/python bench/pipeline.py [--model default] [--images 48] [--batch-size 8]
+    .venv/bin/python bench/pipeline.py [--model default] [--images 48] [--batch-size 8] [--claim 32] [--workers auto]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--model", default="default", help="model name or manifest path")
     parser.add_argument("--images", type=int, default=48, help="images (one study each)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (model.batch_size)")
-    parser.add_argument("--claim", type=int, default=8, help="studies per pipeline run (scheduler.batch_size)")
+    parser.add_argument("--claim", type=int, default=32, help="studies per pipeline run (scheduler.batch_size)")
     parser.add_argument("--rows", type=int, default=2048)
     parser.add_argument("--cols", type=int, default=2048)
     parser.add_argument("--device", default="auto")

@@ -8,7 +8,7 @@ Reference, measured in the same run before the node starts: the raw model rate, 
 the node's batch size. Ratio = node studies/s / reference img/s.
 
     .venv/bin/python bench/throughput.py [--model default] [--studies 48] [--rows 1024]
-        [--associations 2] [--workers auto] [--device auto]
+        [--associations 2] [--batch-size 8] [--claim N] [--workers auto] [--device auto]
 
 Needs the shared Kermany images for pixels the input gate accepts (see bench/_common.py).
 """
@@ -70,7 +70,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1024)
     parser.add_argument("--cols", type=int, default=1024)
     parser.add_argument("--associations", type=int, default=2, help="parallel storescu processes")
-    parser.add_argument("--batch-size", type=int, default=8, help="studies per batch and images per forward pass")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (model.batch_size)")
+    parser.add_argument("--claim", type=int, default=None,
+                        help="studies per claim (scheduler.batch_size; default: the node's)")
     parser.add_argument("--workers", default="auto", help="scheduler.pipeline_processes of the node (auto, 0, N)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--py-spy", type=Path, metavar="SVG",
@@ -85,13 +87,14 @@ def main() -> None:
         reference, device = reference_rate(args.model, files, args.batch_size, args.device)
         print(f"# throughput: model {args.model} on {device}, {args.studies} one-image studies "
               f"{args.rows}x{args.cols} 16-bit, {args.associations} association(s), batch {args.batch_size}, "
+              f"claim {args.claim or 'default'}, "
               f"workers {args.workers}")
         pacs_dir = work / "pacs"
         destination, dest_port = start_destination(pacs_dir)
         node, port = start_node(work / "node", args.model, [
             "--destination", f"PACS@127.0.0.1:{dest_port}", "--stable-after", "0.5", "--interval", "0.5",
             "--device", args.device,
-        ], env={"DICOMNODE_SCHEDULER__BATCH_SIZE": str(args.batch_size),
+        ], env={**({"DICOMNODE_SCHEDULER__BATCH_SIZE": str(args.claim)} if args.claim else {}),
                 "DICOMNODE_MODEL__BATCH_SIZE": str(args.batch_size),
                 "DICOMNODE_SCHEDULER__PIPELINE_PROCESSES": args.workers},
            wrap=[shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")), "record", "--subprocesses",

@@ -242,7 +242,11 @@ class SchedulerSettings(_Group):
 
     interval_s: float = Field(default=5.0, gt=0, description="batch job period")
     stable_after_s: float = Field(default=10.0, gt=0, description="quiet time before a study is ready")
-    batch_size: int = Field(default=8, ge=1, description="studies claimed per batch run")
+    batch_size: int = Field(
+        default=32, ge=1,
+        description="studies claimed per batch (the pipeline decodes ahead of and builds behind the model "
+        "within one claim; a full claim is followed by the next at once)",
+    )
     lease_s: float = Field(default=600.0, gt=0, description="RUNNING jobs older than this are re-queued")
     max_attempts: int = Field(default=3, ge=1, description="inference attempts before FAILED")
     retry_backoff_s: float = Field(default=30.0, ge=0, description="delay before a failed job is retried")

@@ -69,7 +69,9 @@ class PreparedImage:
     Attributes:
         key: the source's SOP Instance UID.
         header: the source dataset without its pixel data (patient/study for outputs).
-        display: (H, W) float32 in [0, 1], long side <= the SC's max side.
+        display: (H, W) uint8 gray levels as the SC shows them (0 = black), long side <=
+            the SC's max side. 8-bit because that is all the SC keeps, and a quarter of
+            the bytes a float image takes between the pipeline's processes.
         model_input: (C, S, S) float32, normalised for the model.
     """
 
@@ -185,12 +187,19 @@ def prepare_image(source: Dataset, preprocessing: Preprocessing, max_side: int) 
 
     gray = dicom_to_gray(source)
     model_input = gray_to_input(gray, preprocessing)
-    display = _downscale(gray, max_side)
+    display = _to_gray_levels(_downscale(gray, max_side))
     del gray
     header = source.copy()
     if "PixelData" in header:
         del header.PixelData
     return PreparedImage(str(source.SOPInstanceUID), header, display, model_input)
+
+
+def _to_gray_levels(gray: np.ndarray) -> np.ndarray:
+    """(H, W) float32 in [0, 1] -> (H, W) uint8 0-255, rounded and saturated."""
+    import cv2
+
+    return np.asarray(cv2.convertScaleAbs(gray, alpha=255.0), dtype=np.uint8)
 
 
 def _downscale(gray: np.ndarray, max_side: int) -> np.ndarray:
@@ -512,12 +521,12 @@ def _refused_entry(refused: RefusedInstance, study_uid: str, files: FileStore) -
 
 def _prior_report(claim: ClaimedJob, files: FileStore, identity: ModelIdentity) -> tuple[PriorReport | None, int]:
     """The findings SR this job's report supersedes, and the new report's Instance Number."""
-    from dicomnode.outputs.sr import PriorReport
-    from dicomnode.outputs.uids import derived_uid
-
     prior = claim.predecessor
     if prior is None:
         return None, 1
+
+    from dicomnode.outputs.sr import PriorReport  # highdicom: only the building processes need it
+    from dicomnode.outputs.uids import derived_uid
     try:
         header = _read_header(files.absolute(prior.path))
         series, number = str(header.SeriesInstanceUID), int(header.get("InstanceNumber") or 1)

@@ -3,8 +3,10 @@
 Two jobs, each ``max_instances=1, coalesce=True``:
 
 - ``batch`` every ``interval_s``: re-queue expired leases, mark quiet studies READY,
-  claim up to ``batch_size`` jobs, run the pipeline, record outcomes, then send
-  what is due (so a result leaves as soon as it exists).
+  claim up to ``batch_size`` jobs, run the pipeline, record outcomes, and wake the send
+  job (so a result leaves as soon as it exists). While a claim comes back full, more
+  studies wait: the job claims again at once, up to :data:`DRAIN_BATCHES` batches a
+  run, so a backlog drains at the model's pace rather than one batch per interval.
 - ``send`` every ``interval_s``: retry due outbox entries (destination back up).
 - ``retention`` every ``store.retention_interval_s`` (only with ``store.retention``):
   remove the files of finished studies older than the retention, at most
@@ -46,6 +48,9 @@ logger = logging.getLogger(__name__)
 
 #: Most studies whose files one retention run removes (the next run takes the rest).
 RETENTION_BATCH = 100
+
+#: Most batches one run of the batch job processes back to back while claims come back full.
+DRAIN_BATCHES = 100
 
 
 def in_windows(windows: list[str], moment: time) -> bool:
@@ -268,14 +273,16 @@ class NodeWorker:
             logger.warning("%d result(s) not accepted by the destination; will retry", report.send_failed)
 
 
-def _run_logged(step: Callable[[], TickReport], name: str) -> None:
+def _run_logged(step: Callable[[], TickReport], name: str) -> TickReport | None:
+    """Run one step; log what it did; None when it failed (logged, the next run retries)."""
     try:
         report = step()
     except Exception:  # the scheduler thread must survive; the rows keep the truth
         logger.exception("%s step failed; the next run will retry", name)
-        return
+        return None
     if report.claimed or report.sent or report.send_failed or report.requeued or report.purged:
         logger.info("%s: %s", name, report)
+    return report
 
 
 def start_scheduler(worker: NodeWorker, settings: SchedulerSettings) -> BackgroundScheduler:
@@ -291,8 +298,15 @@ def start_scheduler(worker: NodeWorker, settings: SchedulerSettings) -> Backgrou
             scheduler.modify_job("send", next_run_time=datetime.now(UTC))
         return report
 
+    def _drain() -> None:
+        for _ in range(DRAIN_BATCHES):
+            report = _run_logged(_batch, "batch")
+            # A shutdown waits for this job: it stops after the batch in hand.
+            if report is None or report.claimed < settings.batch_size or not scheduler.running:
+                return
+
     scheduler.add_job(
-        _run_logged, "interval", seconds=settings.interval_s, args=[_batch, "batch"],
+        _drain, "interval", seconds=settings.interval_s,
         id="batch", max_instances=1, coalesce=True, next_run_time=datetime.now(UTC),
     )
     scheduler.add_job(

@@ -70,8 +70,8 @@ def render_overlay(
     """Render the radiograph, the heatmap overlay (if any) and the burned-in legend.
 
     Args:
-        gray: ``(H, W)`` float32 display image in [0, 1] (0 = black). Values outside
-            are clipped.
+        gray: ``(H, W)`` display image, 0 = black: float in [0, 1] (values outside
+            are clipped) or uint8 gray levels 0-255.
         heatmap: ``(h, w)`` float32 heat in [0, 1], any size, covering the whole
             image; or None for no colour at all (radiograph and legend only). Values
             are used as given (not renormalised).
@@ -95,6 +95,7 @@ def render_overlay(
         ValueError: arrays of the wrong dimensionality, empty, or not finite;
             ``max_side`` too small; ``alpha`` outside [0, 1]; ``smooth`` negative.
     """
+    levels = np.asarray(gray).dtype == np.uint8  # already 0-255
     gray = _check_plane(gray, "gray")
     heat_in = None if heatmap is None else _check_plane(heatmap, "heatmap")
     if not 0.0 <= alpha <= 1.0:
@@ -123,7 +124,7 @@ def render_overlay(
     out_w = max(1, round(width * scale))
     out_h = max(1, round(height * scale))
 
-    base = _resize(gray, out_w, out_h) * np.float32(255.0)  # a new array: clipped in place
+    base = _resize(gray, out_w, out_h) * np.float32(1.0 if levels else 255.0)  # a new array: clipped in place
     np.clip(base, 0.0, 255.0, out=base)
     rgb = cv2.cvtColor(cv2.convertScaleAbs(base), cv2.COLOR_GRAY2RGB)
     if heat_in is not None:

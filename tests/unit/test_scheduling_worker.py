@@ -136,3 +136,27 @@ def test_a_study_whose_only_file_is_gone_is_skipped_with_a_reason(
     assert job.state == JobState.SKIPPED
     assert job.last_error  # why nothing was produced
     assert _results(sessions) == []
+
+
+def test_a_backlog_is_drained_in_one_run_of_the_batch_job(
+    data_dir: Path, sessions: sessionmaker[Session], runner: ModelRunner
+) -> None:
+    """Five ready studies, two per claim, an hour between runs: the first run claims again
+    while claims come back full, so all five are done without waiting for the next run."""
+    import time
+
+    from dicomnode.scheduling import start_scheduler
+
+    clock = Clock(T0 + timedelta(seconds=STABLE_S + 1))
+    settings = {"batch_size": 2, "interval_s": 3600.0}
+    worker = make_worker(data_dir, sessions, runner, clock, **settings)
+    for _ in range(5):
+        store_received(worker.files, sessions, make_cxr_dataset(study_uid=generate_uid()), now=T0)
+    scheduler = start_scheduler(worker, SchedulerSettings(stable_after_s=STABLE_S, **settings))  # type: ignore[arg-type]
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and any(j.state != JobState.DONE for j in _jobs(sessions)):
+            time.sleep(0.1)
+    finally:
+        scheduler.shutdown(wait=True)
+    assert [j.state for j in _jobs(sessions)] == [JobState.DONE] * 5

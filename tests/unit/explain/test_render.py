@@ -262,3 +262,15 @@ def test_input_not_modified() -> None:
     render_overlay(gray, heat, legend=LEGEND)
     np.testing.assert_array_equal(gray, copies[0])
     np.testing.assert_array_equal(heat, copies[1])
+
+
+def test_uint8_gray_levels_render_as_the_same_levels_in_float() -> None:
+    """The pipeline hands the overlay 8-bit display images; they render as their float twin
+    (to one gray level: the resize rounds differently)."""
+    rng = np.random.default_rng(3)
+    levels = rng.integers(0, 256, size=(300, 240), dtype=np.uint8)
+    heat = rng.random((14, 14), dtype=np.float32)
+    for heatmap in (None, heat):
+        as_levels = render_overlay(levels, heatmap, max_side=256, legend=["Pneumonia: 0.91"])
+        as_float = render_overlay(levels.astype(np.float32) / 255.0, heatmap, max_side=256, legend=["Pneumonia: 0.91"])
+        assert np.abs(as_levels.astype(int) - as_float.astype(int)).max() <= 1
