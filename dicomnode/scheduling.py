@@ -7,7 +7,9 @@ Two jobs, each ``max_instances=1, coalesce=True``:
   job (so a result leaves as soon as it exists). While a claim comes back full, more
   studies wait: the job claims again at once, up to :data:`DRAIN_BATCHES` batches a
   run, so a backlog drains at the model's pace rather than one batch per interval.
-- ``send`` every ``interval_s``: retry due outbox entries (destination back up).
+- ``send`` every ``interval_s`` and when a batch produced results: send due outbox
+  entries, :data:`SEND_BATCH` per association, again at once while rounds are full,
+  in a pipeline process when there is a pool (off the model process's GIL).
 - ``retention`` every ``store.retention_interval_s`` (only with ``store.retention``):
   remove the files of finished studies older than the retention, at most
   :data:`RETENTION_BATCH` studies per run (:mod:`dicomnode.store.purge`).
@@ -23,9 +25,10 @@ import os
 import socket
 import threading
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import BrokenExecutor, Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -43,14 +46,19 @@ if TYPE_CHECKING:
 
     from dicomnode.domain import NewResult
     from dicomnode.inference.runner import ModelRunner
+    from dicomnode.sending.scu import SendOutcome
 
 logger = logging.getLogger(__name__)
 
 #: Most studies whose files one retention run removes (the next run takes the rest).
 RETENTION_BATCH = 100
 
-#: Most batches one run of the batch job processes back to back while claims come back full.
+#: Most batches one run of the batch job processes back to back while claims come back full
+#: (and most rounds of :data:`SEND_BATCH` results one run of the send job sends).
 DRAIN_BATCHES = 100
+
+#: Results sent per round of the send job (one association).
+SEND_BATCH = 64
 
 
 def in_windows(windows: list[str], moment: time) -> bool:
@@ -242,16 +250,33 @@ class NodeWorker:
         for result in results:
             self.files.remove(self.files.absolute(result.path))
 
-    def _send_due(self, report: TickReport) -> None:
+    def _send_files(self, paths: list[Path]) -> list[SendOutcome]:
+        """C-STORE ``paths`` over one association, in a pipeline process when there is a pool.
+
+        pynetdicom spends about 0.35 ms of Python per P-DATA PDU (a 3 MB heatmap SC is ~190
+        PDUs at the usual 16 KB): in the model's process that work would hold the GIL the
+        model's thread needs. A broken or closed pool sends here instead; resending what a
+        dead process may have sent is harmless (a PACS replaces an instance by its UID).
+        """
         from dicomnode.sending.scu import send_files
+
+        pool = self.pool
+        if pool is not None and not is_broken(pool):
+            try:
+                return pool.submit(send_files, self.destination, self.calling_ae_title, paths).result()
+            except (BrokenExecutor, RuntimeError) as exc:  # RuntimeError: the batch job reopened the pool
+                logger.warning("sending in the pipeline processes failed (%s); sending from the node", exc)
+        return send_files(self.destination, self.calling_ae_title, paths)
+
+    def _send_due(self, report: TickReport) -> None:
 
         if not self.destination.enabled:
             return
         with self.sessions.begin() as session:
-            due = queue.due_results(session, now=self.clock(), limit=64)
+            due = queue.due_results(session, now=self.clock(), limit=SEND_BATCH)
         if not due:
             return
-        outcomes = send_files(self.destination, self.calling_ae_title, [self.files.absolute(i.path) for i in due])
+        outcomes = self._send_files([self.files.absolute(i.path) for i in due])
         with self.sessions.begin() as session:
             now = self.clock()
             for item, outcome in zip(due, outcomes):
@@ -298,19 +323,22 @@ def start_scheduler(worker: NodeWorker, settings: SchedulerSettings) -> Backgrou
             scheduler.modify_job("send", next_run_time=datetime.now(UTC))
         return report
 
-    def _drain() -> None:
+    def _drain(step: Callable[[], TickReport], name: str, full: Callable[[TickReport], bool]) -> None:
+        """Run ``step`` again at once while its report says it had a full load."""
         for _ in range(DRAIN_BATCHES):
-            report = _run_logged(_batch, "batch")
-            # A shutdown waits for this job: it stops after the batch in hand.
-            if report is None or report.claimed < settings.batch_size or not scheduler.running:
+            report = _run_logged(step, name)
+            # A shutdown waits for this job: it stops after the round in hand.
+            if report is None or not full(report) or not scheduler.running:
                 return
 
     scheduler.add_job(
         _drain, "interval", seconds=settings.interval_s,
+        args=[_batch, "batch", lambda report: report.claimed >= settings.batch_size],
         id="batch", max_instances=1, coalesce=True, next_run_time=datetime.now(UTC),
     )
     scheduler.add_job(
-        _run_logged, "interval", seconds=max(settings.interval_s, 1.0), args=[worker.send_due, "send"],
+        _drain, "interval", seconds=max(settings.interval_s, 1.0),
+        args=[worker.send_due, "send", lambda report: report.sent + report.send_failed >= SEND_BATCH],
         id="send", max_instances=1, coalesce=True,
     )
     if worker.retention is not None:

@@ -74,7 +74,10 @@ def test_an_absent_destination_fails_every_result_with_the_reason(tmp_path: Path
     assert outcome.error is not None and "association" in outcome.error
 
 
-def test_the_worker_sends_what_it_produced(tmp_path: Path) -> None:
+@pytest.mark.parametrize("processes", [0, 1], ids=["inline", "from-a-pipeline-process"])
+def test_the_worker_sends_what_it_produced(tmp_path: Path, processes: int) -> None:
+    from dicomnode.workpool import open_pool
+
     runner = ModelRunner.from_loaded(
         resolve_manifest(str(make_tiny_model(tmp_path / "model"))), device="cpu"
     )
@@ -97,10 +100,15 @@ def test_the_worker_sends_what_it_produced(tmp_path: Path) -> None:
                 ),
                 "DICOMNODE",
                 PipelineOptions(OutputSettings()),
+                pool=open_pool(processes) if processes else None,
                 clock=lambda: now[0],
             )
             now[0] = t0 + timedelta(seconds=11)
-            report = worker.tick()
+            try:
+                report = worker.tick()
+            finally:
+                if worker.pool is not None:
+                    worker.pool.shutdown(wait=True)
         assert (report.done, report.sent, report.send_failed) == (1, 2, 0)  # heatmap SC + SR
         with Session(engine) as session:
             states = [r.state for r in session.scalars(select(Result))]
