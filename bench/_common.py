@@ -179,3 +179,45 @@ def process_tree_cpu(pid: int) -> float:
 
 def clean(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
+
+
+class GpuUtilisation:
+    """Samples the GPU's utilisation with ``nvidia-smi`` while the ``with`` block runs.
+
+    ``summary()`` says "GPU utilisation mean N % (max M %, K samples)", or why there is no
+    figure (no CUDA device, no nvidia-smi). Device-wide: on a shared GPU it counts others too.
+    """
+
+    def __init__(self, device: str, interval_s: float = 0.1) -> None:
+        self.enabled = device.startswith("cuda") and shutil.which("nvidia-smi") is not None
+        self.device = device
+        self.interval_s = interval_s
+        self.samples: list[float] = []
+        self._process: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> GpuUtilisation:
+        if self.enabled:
+            index = self.device.split(":", 1)[1] if ":" in self.device else "0"
+            self._process = subprocess.Popen(
+                ["nvidia-smi", "-i", index, "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                 "-lms", str(max(1, round(self.interval_s * 1000)))],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._process is None:
+            return
+        self._process.terminate()
+        out, _ = self._process.communicate(timeout=10)
+        self.samples = [float(v) for v in out.split() if v.strip().replace(".", "", 1).isdigit()]
+
+    def summary(self) -> str:
+        if not self.device.startswith("cuda"):
+            return "GPU utilisation: n/a (CPU run)"
+        if not self.enabled:
+            return "GPU utilisation: n/a (nvidia-smi not found)"
+        if not self.samples:
+            return "GPU utilisation: no samples"
+        return (f"GPU utilisation mean {sum(self.samples) / len(self.samples):.0f} % "
+                f"(max {max(self.samples):.0f} %, {len(self.samples)} samples)")

@@ -23,7 +23,16 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_dx_files  # noqa: E402
+from _common import GpuUtilisation, write_dx_files  # noqa: E402
+
+
+def _model_seconds(histogram: object) -> float:
+    """The ``_sum`` of the node's inference-seconds histogram (what /metrics exports)."""
+    for metric in histogram.collect():  # type: ignore[attr-defined]
+        for sample in metric.samples:
+            if sample.name.endswith("_sum"):
+                return float(sample.value)
+    return 0.0
 
 
 def main() -> None:
@@ -50,6 +59,7 @@ def main() -> None:
     from dicomnode.inference.preprocess import dicom_to_input
     from dicomnode.inference.registry import resolve_manifest
     from dicomnode.inference.runner import ModelRunner
+    from dicomnode.metrics import INFERENCE_SECONDS
     from dicomnode.pipeline import PipelineOptions, process_jobs
     from dicomnode.store.files import FileStore
     from dicomnode.domain import ClaimedInstance, ClaimedJob
@@ -104,15 +114,18 @@ def main() -> None:
 
         options = PipelineOptions(OutputSettings(), args.batch_size, args.explain)
         profiler = cProfile.Profile() if args.profile else None
-        start = time.perf_counter()
-        if profiler:
-            profiler.enable()
-        for i in range(0, len(claims), args.claim):
-            outcomes = process_jobs(claims[i : i + args.claim], runner, files, options, pool)
-            failed = [o.error for o in outcomes if o.error]
-            if failed:
-                raise SystemExit(f"pipeline failed: {failed[0]}")
-        pipeline_s = time.perf_counter() - start
+        model_s_before = _model_seconds(INFERENCE_SECONDS)  # wall time inside the model, as /metrics reports it
+        with GpuUtilisation(str(runner.device)) as gpu:
+            start = time.perf_counter()
+            if profiler:
+                profiler.enable()
+            for i in range(0, len(claims), args.claim):
+                outcomes = process_jobs(claims[i : i + args.claim], runner, files, options, pool)
+                failed = [o.error for o in outcomes if o.error]
+                if failed:
+                    raise SystemExit(f"pipeline failed: {failed[0]}")
+            pipeline_s = time.perf_counter() - start
+        model_s = _model_seconds(INFERENCE_SECONDS) - model_s_before
         pool.shutdown(wait=True)
         if profiler:
             profiler.disable()
@@ -123,6 +136,7 @@ def main() -> None:
     print(f"stock pytorch-grad-cam GradCAM        {n / stock_s:8.1f} img/s")
     print(f"node pipeline (decode..write)         {n / pipeline_s:8.1f} img/s")
     print(f"ratio pipeline/reference: {reference_s / pipeline_s:.2f}")
+    print(f"# model busy {100 * model_s / pipeline_s:.0f} % of the pipeline's time; {gpu.summary()}")
 
 
 if __name__ == "__main__":

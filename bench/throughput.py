@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import dcmtk, write_dx_files  # noqa: E402
+from _common import GpuUtilisation, dcmtk, write_dx_files  # noqa: E402
 from _node import children, start_destination, start_node  # noqa: E402
 
 
@@ -100,7 +100,9 @@ def main() -> None:
            wrap=[shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")), "record", "--subprocesses",
                  "--format", "raw" if args.py_spy.suffix == ".txt" else "flamegraph",
                  "-o", str(args.py_spy.resolve()), "--"] if args.py_spy else None)
+        gpu = GpuUtilisation(device)
         try:
+            gpu.__enter__()
             start = time.monotonic()
             send_all(port, files, args.associations)
             sent_s = time.monotonic() - start
@@ -115,6 +117,7 @@ def main() -> None:
                 time.sleep(0.05)
             elapsed = time.monotonic() - start
         finally:
+            gpu.__exit__()
             for pid in children(node.pid) if args.py_spy else [node.pid]:  # py-spy writes when the node exits
                 os.kill(pid, signal.SIGTERM)
             destination.terminate()
@@ -128,6 +131,7 @@ def main() -> None:
     print(f"reference forward+Grad-CAM (runner)   {reference:8.1f} img/s")
     print(f"node send-to-SR throughput            {rate:8.1f} studies/s")
     print(f"ratio node/reference: {rate / reference:.2f}")
+    print(f"# {gpu.summary()}")
 
 
 if __name__ == "__main__":
