@@ -204,8 +204,10 @@ class FileStore:
         (``fdatasync``, unless the store was made with ``fsync=False``) and renamed over
         ``path`` (``overwrite=True``) or hard-linked to ``path`` (``overwrite=False``:
         ``link(2)`` fails when ``path`` exists, so of two processes writing the same
-        path at once exactly one wins and the other's data never replaces it). On
-        any failure the temporary file is removed.
+        path at once exactly one wins and the other's data never replaces it); then
+        the folder is fsynced, so that the new name survives a power loss as well as
+        the bytes (again unless ``fsync=False``). On any failure the temporary file is
+        removed.
 
         Args:
             path: destination inside the data folder.
@@ -223,7 +225,7 @@ class FileStore:
         self._check_inside(path)
         tmp_name: str | None = None
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            _make_folder(path.parent, durable=self.fsync)
             fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".partial-", suffix=".tmp")
             try:
                 _write_all(fd, [data] if isinstance(data, bytes | memoryview) else list(data))
@@ -234,11 +236,13 @@ class FileStore:
             if overwrite:
                 os.replace(tmp_name, path)
                 tmp_name = None
-                return True
-            try:
-                os.link(tmp_name, path)
-            except FileExistsError:
-                return False
+            else:
+                try:
+                    os.link(tmp_name, path)
+                except FileExistsError:
+                    return False
+            if self.fsync:
+                _fsync_dir(path.parent)  # the new name is on disk too, not only the bytes
             return True
         except OSError as exc:
             raise StorageError(f"cannot write {self.relative(path)}: {exc.strerror or exc}") from exc
@@ -298,6 +302,27 @@ def _write_all(fd: int, parts: list[bytes | memoryview]) -> None:
                 raise OSError("write makes no progress")
             offset += written
         view.release()
+
+
+def _make_folder(folder: Path, *, durable: bool) -> None:
+    """Create ``folder`` and its missing parents; with ``durable``, fsync the parent of
+    each folder created, so that the folder's own entry survives a power loss too."""
+    if folder.is_dir():
+        return
+    missing = [folder, *(p for p in folder.parents if not p.exists())]
+    folder.mkdir(parents=True, exist_ok=True)
+    if durable:
+        for created in reversed(missing):
+            _fsync_dir(created.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (a file just linked or renamed into it) to stable storage."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _open_store(data_dir: Path, fsync: bool) -> FileStore:
