@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import bindparam, exists, func, insert, select, update
+from sqlalchemy import Table, bindparam, exists, func, insert, select, update
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.util import identity_key
 
@@ -87,9 +87,9 @@ def open_job(session: Session, study_instance_uid: str) -> Job | None:
     ).first()
 
 
-_STUDY = Study.__table__
-_JOB = Job.__table__
-_INSTANCE = Instance.__table__
+_STUDY: Table = Study.__table__  # type: ignore[assignment]  # a Table at run time
+_JOB: Table = Job.__table__  # type: ignore[assignment]
+_INSTANCE: Table = Instance.__table__  # type: ignore[assignment]
 # Core statements of record_instance, built once (SQLAlchemy caches their compiled form).
 _INSTANCE_EXISTS = select(_INSTANCE.c.sop_instance_uid).where(
     _INSTANCE.c.sop_instance_uid == bindparam("uid")
