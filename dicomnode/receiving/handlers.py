@@ -30,7 +30,7 @@ The handler reads as three steps:
    status, and which are stored but skipped); nothing is written.
 2. **persist** (:func:`_persist`): under the UID's lock
    (:meth:`~dicomnode.store.files.FileStore.lock_instance`), the Part-10 file
-   (:func:`~dicomnode.store.files.part10_parts`: the data set bytes as received)
+   (:func:`~dicomnode.store.files.part10_header`, then the data set bytes as received)
    is written, fsynced and linked into place, then the instance is recorded in
    one committed transaction.
 3. **answer** (:func:`_answer`): the status, counted in the metrics.
@@ -85,7 +85,7 @@ from dicomnode.receiving.validation import (
     safe_text,
 )
 from dicomnode.store import duplicates, queue
-from dicomnode.store.files import FileStore, part10_dataset, part10_parts
+from dicomnode.store.files import FileStore, part10_dataset, part10_header
 from dicomnode.store.space import low_disk
 from dicomnode.uid import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
@@ -282,7 +282,7 @@ def _persist_locked(
         return Status.SUCCESS
 
     # The raw bytes as received (no re-encoding), behind a fresh File Meta header.
-    parts = _file_parts(event)
+    parts = _file_parts(event, header)
     try:
         if not context.files.write_atomic(path, parts, overwrite=False):
             # A file but no row: left by a crash between writing and committing (no
@@ -333,18 +333,24 @@ def _persist_locked(
     return Status.SUCCESS
 
 
-def _file_parts(event: Event) -> list[bytes | memoryview]:
-    """The Part-10 file of the received data set (:func:`~dicomnode.store.files.part10_parts`),
-    without copying it: a fresh File Meta header with the node's Implementation Class
-    UID and Version Name, then a view of the data set bytes exactly as received (what
-    ``event.encoded_dataset()`` joins into one copy)."""
-    meta = event.file_meta
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID  # we write the file, not pynetdicom
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+def _file_parts(event: Event, header: InstanceHeader) -> list[bytes | memoryview]:
+    """The Part-10 file of the received data set, without copying it: a fresh File Meta
+    header (:func:`~dicomnode.store.files.part10_header`: the node's Implementation
+    Class UID and Version Name, the data set's SOP Class and Instance UIDs, which
+    :func:`~dicomnode.receiving.validation.check_command` found equal to the command's,
+    and the context's transfer syntax), then a view of the data set bytes exactly as
+    received (what ``event.encoded_dataset()`` joins into one copy)."""
+    meta = part10_header(
+        sop_class_uid=header.sop_class_uid,
+        sop_instance_uid=header.sop_instance_uid,
+        transfer_syntax_uid=str(event.context.transfer_syntax),
+        implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+        implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+    )
     stream = getattr(event.request, "DataSet", None)
     if isinstance(stream, io.BytesIO):
-        return part10_parts(meta, stream.getbuffer())
-    return part10_parts(meta, event.encoded_dataset(include_meta=False))
+        return [meta, stream.getbuffer()]
+    return [meta, event.encoded_dataset(include_meta=False)]
 
 
 def _log_duplicate(

@@ -64,6 +64,55 @@ def part10_parts(
     return [PART10_PREAMBLE + buffer.getvalue(), dataset]
 
 
+def part10_header(
+    *,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    transfer_syntax_uid: str,
+    implementation_class_uid: str,
+    implementation_version_name: str,
+) -> bytes:
+    """Preamble, ``DICM`` and File Meta Information of a received instance, encoded directly.
+
+    The same bytes as :func:`part10_parts` writes (pydicom's ``write_file_meta_info``)
+    for a File Meta with exactly these elements (``tests/unit/store/test_files_parts.py``
+    pins that), at about 1/30 of its cost: per received instance pydicom's Dataset
+    building and element writing took ~0.5 ms, a tenth of the receiver's Python time.
+    PS3.10 7.1: explicit VR little endian, group length first; UIDs padded with NUL,
+    the SH version name with a space, to even length.
+
+    Args:
+        sop_class_uid: (0002,0002) Media Storage SOP Class UID.
+        sop_instance_uid: (0002,0003) Media Storage SOP Instance UID.
+        transfer_syntax_uid: (0002,0010) Transfer Syntax UID.
+        implementation_class_uid: (0002,0012) Implementation Class UID.
+        implementation_version_name: (0002,0013) Implementation Version Name (SH, <= 16).
+
+    Returns:
+        The bytes that precede the data set in the Part-10 file.
+    """
+    elements = (
+        _short_element(0x0002, "UI", _padded(sop_class_uid, b"\0"))
+        + _short_element(0x0003, "UI", _padded(sop_instance_uid, b"\0"))
+        + _short_element(0x0010, "UI", _padded(transfer_syntax_uid, b"\0"))
+        + _short_element(0x0012, "UI", _padded(implementation_class_uid, b"\0"))
+        + _short_element(0x0013, "SH", _padded(implementation_version_name, b" "))
+    )
+    version = struct.pack("<HH2sHL", 0x0002, 0x0001, b"OB", 0, 2) + b"\x00\x01"
+    group = version + elements
+    return PART10_PREAMBLE + struct.pack("<HH2sHL", 0x0002, 0x0000, b"UL", 4, len(group)) + group
+
+
+def _padded(value: str, pad: bytes) -> bytes:
+    raw = value.encode("ascii")
+    return raw + pad if len(raw) % 2 else raw
+
+
+def _short_element(element: int, vr: str, value: bytes) -> bytes:
+    """A group 0002 element with a 2-byte length (explicit VR little endian)."""
+    return struct.pack("<HH2sH", 0x0002, element, vr.encode("ascii"), len(value)) + value
+
+
 def part10_dataset(raw: bytes) -> bytes | None:
     """The data set bytes of a Part-10 file written from :func:`part10_parts`.
 
