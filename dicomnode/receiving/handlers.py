@@ -85,6 +85,7 @@ from dicomnode.receiving.validation import (
     safe_text,
 )
 from dicomnode.store import duplicates, queue
+from dicomnode.store.db import READ_ONLY
 from dicomnode.store.files import FileStore, part10_dataset, part10_header
 from dicomnode.store.space import low_disk
 from dicomnode.uid import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
@@ -273,6 +274,7 @@ def _persist_locked(
     path = context.files.incoming_path(uid)
     try:
         with context.sessionmaker() as session:
+            session.connection(execution_options=READ_ONLY)  # no write lock for a look-up
             duplicate = queue.instance_exists(session, uid)
     except (SQLAlchemyError, OSError) as exc:
         logger.error("database unavailable for %s from %s: %s", uid, calling_ae, type(exc).__name__)

@@ -23,6 +23,11 @@ from dicomnode.errors import StorageError
 from dicomnode.store.migrate import upgrade_to_head
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: Execution option of a connection whose transactions only read: on SQLite they begin
+#: deferred (``BEGIN``), so they neither take nor wait for the database's write lock
+#: (a WAL reader sees the last committed state). ``session.connection(execution_options=READ_ONLY)``.
+READ_ONLY_OPTION = "dicomnode_read_only"
+READ_ONLY: dict[str, Any] = {READ_ONLY_OPTION: True}
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -38,8 +43,10 @@ def make_engine(settings: StoreSettings, *, create: bool = True) -> Engine:
     """Create the engine for ``settings`` and bring its schema to the newest migration.
 
     For SQLite the data folder is created, WAL journaling with durable commits
-    (``synchronous=FULL``), foreign keys and a 30 s busy timeout are set on every connection, and transactions start with
-    ``BEGIN IMMEDIATE`` so that two writers queue instead of failing mid-way.
+    (``synchronous=FULL``), foreign keys and a 30 s busy timeout are set on every
+    connection, and transactions start with
+    ``BEGIN IMMEDIATE`` so that two writers queue instead of failing mid-way
+    (``BEGIN`` on a connection with :data:`READ_ONLY`).
     A new database gets the schema from the migrations; one made before migrations
     existed is stamped as the baseline revision and upgraded (one transaction,
     several processes starting at once migrate one after the other).
@@ -66,7 +73,8 @@ def make_engine(settings: StoreSettings, *, create: bool = True) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _begin_immediate(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            read_only = conn.get_execution_options().get(READ_ONLY_OPTION, False)
+            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     else:
         engine = create_engine(url, pool_pre_ping=True)

@@ -23,3 +23,20 @@ def test_sqlite_commits_are_durable(tmp_path: Path) -> None:
             assert connection.execute(text("PRAGMA synchronous")).scalar() == _FULL
     finally:
         engine.dispose()
+
+
+def test_read_only_connections_do_not_take_the_write_lock(tmp_path: Path) -> None:
+    """The receiver's duplicate look-up must not queue behind (or block) other writers."""
+    from sqlalchemy.orm import Session
+
+    from dicomnode.store.db import READ_ONLY
+
+    engine = make_engine(StoreSettings(data_dir=tmp_path))
+    try:
+        with engine.begin() as writer:  # holds the write lock (BEGIN IMMEDIATE)
+            writer.execute(text("UPDATE job SET attempts = attempts"))
+            with Session(engine) as session:
+                session.connection(execution_options=READ_ONLY)
+                assert session.execute(text("SELECT count(*) FROM instance")).scalar() == 0
+    finally:
+        engine.dispose()
