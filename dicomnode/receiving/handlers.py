@@ -60,6 +60,7 @@ import io
 import logging
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -136,6 +137,10 @@ class ReceiveContext:
         counters: duplicate counts of this process.
         min_free_bytes: below this much free space in the data folder every C-STORE is
             answered 0xA700 and nothing is written (``store.min_free_bytes``; 0 = off).
+        queue_writes: queue the instance-recording transactions of every receiver on
+            the data folder on a lock (:meth:`FileStore.lock_database_writes`) instead
+            of SQLite's sleeping busy handler; True for SQLite, False for PostgreSQL
+            (row locks, concurrent commits).
     """
 
     files: FileStore
@@ -143,6 +148,7 @@ class ReceiveContext:
     clock: Callable[[], datetime] = queue.utcnow
     max_dataset_bytes: int = DEFAULT_MAX_DATASET_BYTES
     min_free_bytes: int = 0
+    queue_writes: bool = True
     counters: ReceiveCounters = field(default_factory=ReceiveCounters, compare=False)
 
 
@@ -304,15 +310,16 @@ def _persist_locked(
     verdict = inspected.verdict
     accepted = isinstance(verdict, Accept)
     skip_reason = None if isinstance(verdict, Accept) else verdict.reason
+    relative = context.files.relative(path)
     try:
-        with context.sessionmaker.begin() as session:
+        with _writing(context), context.sessionmaker.begin() as session:
             created = queue.record_instance(
                 session,
                 study_instance_uid=header.study_instance_uid,
                 series_instance_uid=header.series_instance_uid,
                 sop_instance_uid=uid,
                 sop_class_uid=header.sop_class_uid,
-                path=context.files.relative(path),
+                path=relative,
                 state=InstanceState.ACCEPTED if accepted else InstanceState.SKIPPED,
                 skip_reason=skip_reason,
                 calling_ae_title=calling_ae,
@@ -333,6 +340,11 @@ def _persist_locked(
     else:
         logger.info("stored %s from %s, skipped: %s", uid, calling_ae, skip_reason)
     return Status.SUCCESS
+
+
+def _writing(context: ReceiveContext) -> AbstractContextManager[None]:
+    """The database-writers lock when ``context.queue_writes``, else nothing."""
+    return context.files.lock_database_writes() if context.queue_writes else nullcontext()
 
 
 def _file_parts(event: Event, header: InstanceHeader) -> list[bytes | memoryview]:
