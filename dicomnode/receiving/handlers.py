@@ -31,8 +31,9 @@ The handler reads as three steps:
 2. **persist** (:func:`_persist`): under the UID's lock
    (:meth:`~dicomnode.store.files.FileStore.lock_instance`), the Part-10 file
    (:func:`~dicomnode.store.files.part10_header`, then the data set bytes as received)
-   is written, fsynced and linked into place, then the instance is recorded in
-   one committed transaction.
+   is written, fsynced and linked into place (its folder fsynced), then the instance
+   is recorded in one committed transaction (SQLite: ``synchronous=FULL``, queued
+   behind the other receivers' on :meth:`~dicomnode.store.files.FileStore.lock_database_writes`).
 3. **answer** (:func:`_answer`): the status, counted in the metrics.
 
 Between inspect and persist, :func:`_check_resources` may refuse an instance
