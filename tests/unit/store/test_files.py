@@ -103,3 +103,33 @@ def test_fsynced_store_flushes_the_folder_of_each_new_name(
     flushed.clear()
     FileStore(tmp_path / "data", fsync=False).write_atomic(store.incoming_path("1.2.4"), b"z")
     assert flushed == []
+
+
+def test_database_writers_lock_excludes_threads_and_other_processes(tmp_path: Path) -> None:
+    """Receivers' recording transactions queue on one lock per data folder: another
+    open file (another process) cannot take it while it is held, and a second thread
+    waits until it is released."""
+    import fcntl
+    import os
+    import threading
+
+    store = FileStore(tmp_path)
+    taken = threading.Event()
+    with store.lock_database_writes():
+        lock_file = tmp_path / "locks" / "database-writers.lock"
+        fd = os.open(lock_file, os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+
+        def second() -> None:
+            with store.lock_database_writes():
+                taken.set()
+
+        thread = threading.Thread(target=second, daemon=True)
+        thread.start()
+        assert not taken.wait(0.2)
+    assert taken.wait(10)
+    thread.join(10)
