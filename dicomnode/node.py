@@ -165,7 +165,11 @@ class Node:
         from dicomnode.store.queue import utcnow
 
         context = ReceiveContext(
-            files=self.files, sessionmaker=self.sessions, clock=utcnow, min_free_bytes=self.settings.store.min_free_bytes
+            files=self.files,
+            sessionmaker=self.sessions,
+            clock=utcnow,
+            min_free_bytes=self.settings.store.min_free_bytes,
+            queue_writes=self.engine.dialect.name == "sqlite",
         )
         self.server = start_scp(self.settings.dicom, context, block=False, listeners=self.listeners)
 

@@ -95,6 +95,8 @@ ABORT_UNRECOGNIZED_PDU: Final = 0x01
 ABORT_INVALID_PDU_PARAMETER: Final = 0x06
 #: Chunk size of socket reads (bytes).
 _RECV_CHUNK: Final = 256 * 1024
+#: Item length of a data set PDV cut to its context ID and control header.
+_DATA_ITEM_LENGTH: Final = struct.pack(">L", 2)
 #: Serialises the association count of :func:`handle_requested`.
 _COUNT_LOCK: Final = threading.Lock()
 
@@ -228,6 +230,42 @@ def end_unrequested(assoc: Association) -> None:
     assoc.dul.to_user_queue.put(primitive)
 
 
+def split_p_data(body: bytearray) -> tuple[bytearray, list[memoryview] | None]:
+    """Take the data set fragments out of a P-DATA-TF PDU body (PS3.8 9.3.5).
+
+    Args:
+        body: the PDU after its 6-byte header: presentation data value items, each
+            ``item length (4, big endian) | context ID | control header | fragment``.
+
+    Returns:
+        ``(reduced, fragments)``: ``reduced`` holds the same items, command set ones
+        unchanged, data set ones cut to their context ID and control header (item
+        length 2); ``fragments`` holds a view of each data set item's control header
+        and fragment in ``body``, in order. A malformed body comes back unchanged with
+        ``None``, for pynetdicom's decoder to refuse.
+    """
+    view = memoryview(body)
+    reduced = bytearray()
+    fragments: list[memoryview] = []
+    offset = 0
+    end = len(body)
+    while offset < end:  # bounded: every round moves past one item of >= 6 bytes
+        if offset + 6 > end:
+            return body, None
+        (item_length,) = struct.unpack_from(">L", body, offset)
+        stop = offset + 4 + item_length
+        if item_length < 2 or stop > end:
+            return body, None
+        if body[offset + 5] & 0x01:  # command set fragment: as received
+            reduced += view[offset:stop]
+        else:
+            reduced += _DATA_ITEM_LENGTH
+            reduced += view[offset + 4 : offset + 6]  # context ID, control header
+            fragments.append(view[offset + 5 : stop])
+        offset = stop
+    return reduced, fragments
+
+
 class GuardedSocket(AssociationSocket):
     """An ``AssociationSocket`` that checks each PDU before reading it.
 
@@ -239,6 +277,13 @@ class GuardedSocket(AssociationSocket):
     PDU (the A-ASSOCIATE-RQ) within ``acse_timeout_s`` of ``accepted_at``. The data
     fragments of P-DATA-TF PDUs are counted per message against
     ``max_dataset_bytes``.
+
+    P-DATA fast path: once the association's DIMSE provider is a
+    :class:`~dicomnode.receiving.commands.CheckedDIMSEProvider`, a P-DATA-TF body is
+    read in one buffer right after its header, its data set fragments are queued on
+    the provider as views (:func:`split_p_data`), and pynetdicom is given the PDU cut
+    down to its control headers (the header's length says so). pynetdicom's state
+    machine and DIMSE decoder run as before; only the bytes they copy are fewer.
 
     Args:
         assoc: the acceptor association.
@@ -264,6 +309,8 @@ class GuardedSocket(AssociationSocket):
             time.monotonic() if accepted_at is None else accepted_at
         ) + limits.acse_timeout_s
         self._body: tuple[int, int] | None = None
+        #: The reduced body of the P-DATA-TF PDU whose header was just returned.
+        self._reduced: bytearray | None = None
         self._command_bytes = 0
         self._dataset_bytes = 0
         self._dead = False
@@ -280,6 +327,9 @@ class GuardedSocket(AssociationSocket):
         """Read a PDU header (checked) or the body of the PDU just announced."""
         if self._dead:
             return bytearray()
+        if self._reduced is not None:  # the body of the P-DATA-TF just announced
+            body, self._reduced = self._reduced, None
+            return body
         if self._body is None:
             if nr_bytes != 6:  # not the DUL's header read: plain bounded read
                 return self._read(nr_bytes)
@@ -310,8 +360,28 @@ class GuardedSocket(AssociationSocket):
                 f"{name} PDU of {length} bytes exceeds the maximum of {limit}",
             )
             return bytearray()
+        dimse = self.assoc.dimse
+        if pdu_type == _P_DATA_TF and isinstance(dimse, CheckedDIMSEProvider):
+            return self._read_p_data(header, length, dimse)
         self._body = (pdu_type, length)
         return header
+
+    def _read_p_data(
+        self, header: bytearray, length: int, dimse: CheckedDIMSEProvider
+    ) -> bytearray:
+        """The fast path of a P-DATA-TF PDU: read its body now, in one buffer; queue
+        views of its data set fragments on ``dimse``; announce the reduced PDU
+        (:func:`split_p_data`) to pynetdicom and hand it over on the next ``recv``."""
+        body = self._read(length)
+        if len(body) != length:
+            return header  # the DUL's body read comes up short: connection closed
+        self._first_pdu_deadline = None  # a whole PDU arrived: network_timeout_s from now on
+        if not self._count_fragments(body):
+            return bytearray()
+        reduced, fragments = split_p_data(body)
+        dimse.queue_fragments(fragments)
+        self._reduced = reduced
+        return header[:2] + struct.pack(">L", len(reduced))
 
     def _limit_for(self, pdu_type: int) -> int:
         if pdu_type != _P_DATA_TF:
@@ -358,34 +428,36 @@ class GuardedSocket(AssociationSocket):
     def _read(self, nr_bytes: int) -> bytearray:
         """Read exactly ``nr_bytes`` unless the peer closes or ``network_timeout_s`` passes."""
         sock = self.socket
-        data = bytearray()
         if sock is None or nr_bytes <= 0:
-            return data
+            return bytearray()
+        data = bytearray(nr_bytes)  # received straight into place: no chunk copies
+        view = memoryview(data)
+        got = 0
         timeout = self._limits.network_timeout_s
         deadline = time.monotonic() + timeout
         first = self._first_pdu_deadline
         if first is not None and first < deadline:
             deadline = first
         try:
-            while len(data) < nr_bytes:
+            while got < nr_bytes:  # bounded: each round reads >= 1 byte, stops, or times out
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise TimeoutError
                 sock.settimeout(remaining)
-                chunk = sock.recv(min(_RECV_CHUNK, nr_bytes - len(data)))
-                if not chunk:
+                count = sock.recv_into(view[got:], min(_RECV_CHUNK, nr_bytes - got))
+                if not count:
                     break
-                data.extend(chunk)
+                got += count
         except (TimeoutError, ssl.SSLError, OSError) as exc:
             if isinstance(exc, TimeoutError) and first is not None and deadline == first:
                 logger.warning(
                     "closing %s: no complete A-ASSOCIATE-RQ within acse_timeout_s (%.0f s; %d of %d bytes)",
-                    self._peer, self._limits.acse_timeout_s, len(data), nr_bytes,
+                    self._peer, self._limits.acse_timeout_s, got, nr_bytes,
                 )  # fmt: skip
             elif isinstance(exc, TimeoutError):
                 logger.warning(
                     "closing %s: %d of %d bytes of a PDU arrived within %.0f s",
-                    self._peer, len(data), nr_bytes, timeout,
+                    self._peer, got, nr_bytes, timeout,
                 )  # fmt: skip
             else:
                 logger.info("connection with %s failed mid-PDU: %s", self._peer, type(exc).__name__)
@@ -395,7 +467,9 @@ class GuardedSocket(AssociationSocket):
                 sock.settimeout(timeout)
             except OSError:
                 pass
-        if len(data) < nr_bytes:
+        view.release()
+        if got < nr_bytes:
+            del data[got:]
             self._closed_early()
         return data
 

@@ -30,9 +30,10 @@ The handler reads as three steps:
    status, and which are stored but skipped); nothing is written.
 2. **persist** (:func:`_persist`): under the UID's lock
    (:meth:`~dicomnode.store.files.FileStore.lock_instance`), the Part-10 file
-   (:func:`~dicomnode.store.files.part10_parts`: the data set bytes as received)
-   is written, fsynced and linked into place, then the instance is recorded in
-   one committed transaction.
+   (:func:`~dicomnode.store.files.part10_header`, then the data set bytes as received)
+   is written, fsynced and linked into place (its folder fsynced), then the instance
+   is recorded in one committed transaction (SQLite: ``synchronous=FULL``, queued
+   behind the other receivers' on :meth:`~dicomnode.store.files.FileStore.lock_database_writes`).
 3. **answer** (:func:`_answer`): the status, counted in the metrics.
 
 Between inspect and persist, :func:`_check_resources` may refuse an instance
@@ -60,6 +61,7 @@ import io
 import logging
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -85,7 +87,8 @@ from dicomnode.receiving.validation import (
     safe_text,
 )
 from dicomnode.store import duplicates, queue
-from dicomnode.store.files import FileStore, part10_dataset, part10_parts
+from dicomnode.store.db import READ_ONLY
+from dicomnode.store.files import FileStore, part10_dataset, part10_header
 from dicomnode.store.space import low_disk
 from dicomnode.uid import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
@@ -135,6 +138,10 @@ class ReceiveContext:
         counters: duplicate counts of this process.
         min_free_bytes: below this much free space in the data folder every C-STORE is
             answered 0xA700 and nothing is written (``store.min_free_bytes``; 0 = off).
+        queue_writes: queue the instance-recording transactions of every receiver on
+            the data folder on a lock (:meth:`FileStore.lock_database_writes`) instead
+            of SQLite's sleeping busy handler; True for SQLite, False for PostgreSQL
+            (row locks, concurrent commits).
     """
 
     files: FileStore
@@ -142,6 +149,7 @@ class ReceiveContext:
     clock: Callable[[], datetime] = queue.utcnow
     max_dataset_bytes: int = DEFAULT_MAX_DATASET_BYTES
     min_free_bytes: int = 0
+    queue_writes: bool = True
     counters: ReceiveCounters = field(default_factory=ReceiveCounters, compare=False)
 
 
@@ -273,6 +281,7 @@ def _persist_locked(
     path = context.files.incoming_path(uid)
     try:
         with context.sessionmaker() as session:
+            session.connection(execution_options=READ_ONLY)  # no write lock for a look-up
             duplicate = queue.instance_exists(session, uid)
     except (SQLAlchemyError, OSError) as exc:
         logger.error("database unavailable for %s from %s: %s", uid, calling_ae, type(exc).__name__)
@@ -282,7 +291,7 @@ def _persist_locked(
         return Status.SUCCESS
 
     # The raw bytes as received (no re-encoding), behind a fresh File Meta header.
-    parts = _file_parts(event)
+    parts = _file_parts(event, header)
     try:
         if not context.files.write_atomic(path, parts, overwrite=False):
             # A file but no row: left by a crash between writing and committing (no
@@ -302,15 +311,16 @@ def _persist_locked(
     verdict = inspected.verdict
     accepted = isinstance(verdict, Accept)
     skip_reason = None if isinstance(verdict, Accept) else verdict.reason
+    relative = context.files.relative(path)
     try:
-        with context.sessionmaker.begin() as session:
+        with _writing(context), context.sessionmaker.begin() as session:
             created = queue.record_instance(
                 session,
                 study_instance_uid=header.study_instance_uid,
                 series_instance_uid=header.series_instance_uid,
                 sop_instance_uid=uid,
                 sop_class_uid=header.sop_class_uid,
-                path=context.files.relative(path),
+                path=relative,
                 state=InstanceState.ACCEPTED if accepted else InstanceState.SKIPPED,
                 skip_reason=skip_reason,
                 calling_ae_title=calling_ae,
@@ -333,18 +343,29 @@ def _persist_locked(
     return Status.SUCCESS
 
 
-def _file_parts(event: Event) -> list[bytes | memoryview]:
-    """The Part-10 file of the received data set (:func:`~dicomnode.store.files.part10_parts`),
-    without copying it: a fresh File Meta header with the node's Implementation Class
-    UID and Version Name, then a view of the data set bytes exactly as received (what
-    ``event.encoded_dataset()`` joins into one copy)."""
-    meta = event.file_meta
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID  # we write the file, not pynetdicom
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+def _writing(context: ReceiveContext) -> AbstractContextManager[None]:
+    """The database-writers lock when ``context.queue_writes``, else nothing."""
+    return context.files.lock_database_writes() if context.queue_writes else nullcontext()
+
+
+def _file_parts(event: Event, header: InstanceHeader) -> list[bytes | memoryview]:
+    """The Part-10 file of the received data set, without copying it: a fresh File Meta
+    header (:func:`~dicomnode.store.files.part10_header`: the node's Implementation
+    Class UID and Version Name, the data set's SOP Class and Instance UIDs, which
+    :func:`~dicomnode.receiving.validation.check_command` found equal to the command's,
+    and the context's transfer syntax), then a view of the data set bytes exactly as
+    received (what ``event.encoded_dataset()`` joins into one copy)."""
+    meta = part10_header(
+        sop_class_uid=header.sop_class_uid,
+        sop_instance_uid=header.sop_instance_uid,
+        transfer_syntax_uid=str(event.context.transfer_syntax),
+        implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+        implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+    )
     stream = getattr(event.request, "DataSet", None)
     if isinstance(stream, io.BytesIO):
-        return part10_parts(meta, stream.getbuffer())
-    return part10_parts(meta, event.encoded_dataset(include_meta=False))
+        return [meta, stream.getbuffer()]
+    return [meta, event.encoded_dataset(include_meta=False)]
 
 
 def _log_duplicate(

@@ -1,5 +1,10 @@
 """Engine and session factory. SQLite runs in WAL mode with foreign keys on.
 
+SQLite commits are durable: ``synchronous=FULL`` makes every commit fsync the
+write-ahead log before it returns, so a receiver's ``0x0000`` (sent after the
+commit) survives a power loss. With WAL, ``synchronous=NORMAL`` would only sync at
+checkpoints: fast, but the last commits can be lost (sqlite.org/pragma.html#pragma_synchronous).
+
 The schema comes from the Alembic migrations (:mod:`dicomnode.store.migrate`):
 every engine start-up upgrades the database to the newest revision.
 """
@@ -18,12 +23,17 @@ from dicomnode.errors import StorageError
 from dicomnode.store.migrate import upgrade_to_head
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: Execution option of a connection whose transactions only read: on SQLite they begin
+#: deferred (``BEGIN``), so they neither take nor wait for the database's write lock
+#: (a WAL reader sees the last committed state). ``session.connection(execution_options=READ_ONLY)``.
+READ_ONLY_OPTION = "dicomnode_read_only"
+READ_ONLY: dict[str, Any] = {READ_ONLY_OPTION: True}
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA synchronous=FULL")  # a commit reaches the disk (see above)
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.close()
@@ -32,9 +42,11 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 def make_engine(settings: StoreSettings, *, create: bool = True) -> Engine:
     """Create the engine for ``settings`` and bring its schema to the newest migration.
 
-    For SQLite the data folder is created, WAL journaling, foreign keys and a
-    30 s busy timeout are set on every connection, and transactions start with
-    ``BEGIN IMMEDIATE`` so that two writers queue instead of failing mid-way.
+    For SQLite the data folder is created, WAL journaling with durable commits
+    (``synchronous=FULL``), foreign keys and a 30 s busy timeout are set on every
+    connection, and transactions start with
+    ``BEGIN IMMEDIATE`` so that two writers queue instead of failing mid-way
+    (``BEGIN`` on a connection with :data:`READ_ONLY`).
     A new database gets the schema from the migrations; one made before migrations
     existed is stamped as the baseline revision and upgraded (one transaction,
     several processes starting at once migrate one after the other).
@@ -61,7 +73,8 @@ def make_engine(settings: StoreSettings, *, create: bool = True) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _begin_immediate(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            read_only = conn.get_execution_options().get(READ_ONLY_OPTION, False)
+            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     else:
         engine = create_engine(url, pool_pre_ping=True)

@@ -12,8 +12,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import Table, bindparam, exists, func, insert, select, update
 from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm.util import identity_key
 
 from dicomnode.domain import (
     ClaimedInstance,
@@ -69,8 +70,11 @@ class StatusSummary:
 
 
 def instance_exists(session: Session, sop_instance_uid: str) -> bool:
-    """True when an instance with this SOP Instance UID was already recorded."""
-    return session.get(Instance, sop_instance_uid) is not None
+    """True when an instance with this SOP Instance UID was already recorded.
+
+    One indexed ``SELECT`` (SQLAlchemy Core; no ORM object is loaded).
+    """
+    return session.execute(_INSTANCE_EXISTS, {"uid": sop_instance_uid}).first() is not None
 
 
 def open_job(session: Session, study_instance_uid: str) -> Job | None:
@@ -81,6 +85,43 @@ def open_job(session: Session, study_instance_uid: str) -> Job | None:
         .order_by(Job.id.desc())
         .limit(1)
     ).first()
+
+
+_STUDY: Table = Study.__table__  # type: ignore[assignment]  # a Table at run time
+_JOB: Table = Job.__table__  # type: ignore[assignment]
+_INSTANCE: Table = Instance.__table__  # type: ignore[assignment]
+# Core statements of record_instance, built once (SQLAlchemy caches their compiled form).
+_INSTANCE_EXISTS = select(_INSTANCE.c.sop_instance_uid).where(
+    _INSTANCE.c.sop_instance_uid == bindparam("uid")
+)
+_TOUCH_STUDY = (
+    update(_STUDY)
+    .where(_STUDY.c.study_instance_uid == bindparam("uid"))
+    .values(last_received_at=bindparam("now"))
+)
+_NEW_STUDY = insert(_STUDY).values(
+    study_instance_uid=bindparam("uid"),
+    first_received_at=bindparam("now"),
+    last_received_at=bindparam("now"),
+)
+_OPEN_JOB_ID = (
+    select(_JOB.c.id)
+    .where(_JOB.c.study_instance_uid == bindparam("uid"), _JOB.c.state.in_(_OPEN_STATES))
+    .order_by(_JOB.c.id.desc())
+    .limit(1)
+)
+_TOUCH_JOB = (
+    update(_JOB)
+    .where(_JOB.c.id == bindparam("job_id"))
+    .values(state=JobState.RECEIVED, last_instance_at=bindparam("now"), ready_at=None)
+)
+_NEW_JOB = insert(_JOB).values(
+    study_instance_uid=bindparam("uid"),
+    state=JobState.RECEIVED,
+    attempts=0,
+    created_at=bindparam("now"),
+    last_instance_at=bindparam("now"),
+)
 
 
 def record_instance(
@@ -102,43 +143,54 @@ def record_instance(
     RECEIVED so the study's quiet period starts again. When the study has no open
     job (none yet, or the last one was claimed already) a new RECEIVED job is made.
 
+    Runs as five or six SQLAlchemy Core statements (no ORM unit of work: this is the
+    receiver's per-instance cost); study or job objects this session already holds
+    are expired, so the ORM reads the new values afterwards.
+
     Returns:
         True when recorded; False when the SOP Instance UID is already known
         (a duplicate: nothing changes, one instance, one result set).
     """
-    if instance_exists(session, sop_instance_uid):
+    if instance_exists(session, sop_instance_uid):  # autoflushes the session's pending changes
         return False
-    study = session.get(Study, study_instance_uid)
-    if study is None:
-        study = Study(study_instance_uid=study_instance_uid, first_received_at=now, last_received_at=now)
-        session.add(study)
+    connection = session.connection()
+    study = {"uid": study_instance_uid, "now": now}
+    if connection.execute(_TOUCH_STUDY, study).rowcount == 0:
+        connection.execute(_NEW_STUDY, study)
+    job_id = connection.execute(_OPEN_JOB_ID, {"uid": study_instance_uid}).scalar()
+    if job_id is None:
+        inserted = connection.execute(_NEW_JOB, study).inserted_primary_key
+        job_id = int(inserted[0]) if inserted is not None else None
+        if job_id is None:  # pragma: no cover - every supported dialect returns the key
+            raise RuntimeError("the database did not return the new job's id")
     else:
-        study.last_received_at = now
-    job = open_job(session, study_instance_uid)
-    if job is None:
-        job = Job(study_instance_uid=study_instance_uid, state=JobState.RECEIVED, created_at=now, last_instance_at=now)
-        session.add(job)
-        session.flush()
-    else:
-        job.state = JobState.RECEIVED
-        job.last_instance_at = now
-        job.ready_at = None
-    session.add(
-        Instance(
-            sop_instance_uid=sop_instance_uid,
-            study_instance_uid=study_instance_uid,
-            series_instance_uid=series_instance_uid,
-            sop_class_uid=sop_class_uid,
-            path=path,
-            state=state,
-            skip_reason=skip_reason,
-            calling_ae_title=calling_ae_title,
-            received_at=now,
-            job_id=job.id,
-        )
+        connection.execute(_TOUCH_JOB, {"job_id": job_id, "now": now})
+    connection.execute(
+        insert(_INSTANCE),
+        {
+            "sop_instance_uid": sop_instance_uid,
+            "study_instance_uid": study_instance_uid,
+            "series_instance_uid": series_instance_uid,
+            "sop_class_uid": sop_class_uid,
+            "path": path,
+            "state": state,
+            "skip_reason": skip_reason,
+            "calling_ae_title": calling_ae_title,
+            "received_at": now,
+            "job_id": job_id,
+        },
     )
-    session.flush()
+    _expire_cached(session, (Study, study_instance_uid), (Job, job_id))
     return True
+
+
+def _expire_cached(session: Session, *keys: tuple[type, object]) -> None:
+    """Expire the ORM objects of these (model, primary key) rows if the session holds them
+    (they were changed by Core statements behind the ORM's back)."""
+    for model, key in keys:
+        cached = session.identity_map.get(identity_key(model, key))
+        if cached is not None:
+            session.expire(cached)
 
 
 def mark_stable(session: Session, *, stable_after_s: float, now: datetime) -> list[int]:

@@ -80,3 +80,56 @@ def test_concurrent_no_clobber_writers_have_one_winner(tmp_path: Path) -> None:
     assert won.count(True) == 1
     assert path.read_bytes() == payloads[won.index(True)]
     assert list(path.parent.glob(".partial-*")) == []
+
+
+def test_fsynced_store_flushes_the_folder_of_each_new_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A received file's name must be on disk before 0x0000, not only its bytes: the
+    folder is fsynced after the link (and each newly created folder's parent)."""
+    import dicomnode.store.files as files_module
+
+    flushed: list[Path] = []
+    real = files_module._fsync_dir
+    monkeypatch.setattr(files_module, "_fsync_dir", lambda folder: (flushed.append(folder), real(folder)))
+    store = FileStore(tmp_path / "data")
+    path = store.incoming_path("1.2.3")
+    assert store.write_atomic(path, b"x", overwrite=False)
+    assert flushed[-1] == path.parent
+    assert {path.parent.parent, path.parent.parent.parent} <= set(flushed)  # new folders' entries
+    flushed.clear()
+    store.write_atomic(store.incoming_path("1.2.3"), b"y")  # rename over: flushed too
+    assert flushed == [path.parent]
+    flushed.clear()
+    FileStore(tmp_path / "data", fsync=False).write_atomic(store.incoming_path("1.2.4"), b"z")
+    assert flushed == []
+
+
+def test_database_writers_lock_excludes_threads_and_other_processes(tmp_path: Path) -> None:
+    """Receivers' recording transactions queue on one lock per data folder: another
+    open file (another process) cannot take it while it is held, and a second thread
+    waits until it is released."""
+    import fcntl
+    import os
+    import threading
+
+    store = FileStore(tmp_path)
+    taken = threading.Event()
+    with store.lock_database_writes():
+        lock_file = tmp_path / "locks" / "database-writers.lock"
+        fd = os.open(lock_file, os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+
+        def second() -> None:
+            with store.lock_database_writes():
+                taken.set()
+
+        thread = threading.Thread(target=second, daemon=True)
+        thread.start()
+        assert not taken.wait(0.2)
+    assert taken.wait(10)
+    thread.join(10)

@@ -67,3 +67,32 @@ def test_one_uid_always_takes_the_same_lock_and_locks_are_files_in_the_data_fold
     assert len(held) == 1
     with store.lock_instance("1.2.3"):  # released: can be taken again
         pass
+
+
+@pytest.mark.parametrize(
+    ("sop_instance_uid", "version"),
+    [("1.2.3.4", "DICOMNODE_1"), ("1.2.3.45", "DN1"), ("1." + "2" * 62, "SIXTEEN_CHARS_16")],
+)
+def test_part10_header_is_what_pydicom_writes(sop_instance_uid: str, version: str) -> None:
+    """The hand-encoded File Meta (the receiver's per-instance path) is byte for byte the
+    one pydicom's write_file_meta_info writes for the same elements, odd and even lengths."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    for syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+        meta = FileMetaDataset()
+        meta.FileMetaInformationGroupLength = 0
+        meta.FileMetaInformationVersion = b"\x00\x01"
+        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+        meta.MediaStorageSOPInstanceUID = sop_instance_uid
+        meta.TransferSyntaxUID = syntax
+        meta.ImplementationClassUID = "1.2.826.0.1.3680043.10.1234"
+        meta.ImplementationVersionName = version
+        expected = files.part10_parts(meta, b"")[0]
+        assert files.part10_header(
+            sop_class_uid="1.2.840.10008.5.1.4.1.1.1.1",
+            sop_instance_uid=sop_instance_uid,
+            transfer_syntax_uid=syntax,
+            implementation_class_uid="1.2.826.0.1.3680043.10.1234",
+            implementation_version_name=version,
+        ) == expected
