@@ -214,8 +214,10 @@ class NodeWorker:
             finally:
                 if self.pool is not None and is_broken(self.pool):
                     self.pool = reopen(self.pool)
-        for outcome in outcomes:
-            with self.sessions.begin() as session:
+        # One transaction (one durable commit) for the whole claim: the results' files are
+        # on disk already, and a crash before the commit re-runs the jobs after their lease.
+        with self.sessions.begin() as session:
+            for outcome in outcomes:
                 for sop_uid, reason in outcome.skipped.items():
                     queue.skip_instance(session, sop_uid, reason)
                 now = self.clock()
