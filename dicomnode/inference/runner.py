@@ -176,19 +176,24 @@ class ModelRunner:
         return self._explain_tensor(inputs, lambda _logits: indices).heatmaps
 
     def warm_up(self, batch_size: int) -> None:
-        """Run the forward pass, the gate and Grad-CAM once on a dummy batch.
+        """Run the forward pass, the gate and Grad-CAM on dummy batches of every size
+        from ``batch_size`` down to 1.
 
-        The first calls of a model pay for kernel selection and allocation (about a
-        second on CPU); a node warms up before it answers, so its first study does not.
+        The first call of a model at a batch size pays for kernel selection and
+        allocation (about a second on CPU for the first, less for each further size), and
+        the memory those kernels keep grows with every new size seen. A node warms up
+        before it processes a study: its first studies do not pay, and its memory starts
+        at the plateau that batches of any size lead to (``bench/memory.py``).
 
         Args:
-            batch_size: images per forward pass as the node will run them.
+            batch_size: the most images per forward pass the node will run.
         """
         pre = self.manifest.preprocessing
         batch = np.random.default_rng(0).standard_normal(
             (batch_size, pre.in_chans, pre.input_size, pre.input_size), dtype=np.float32
         )
-        self.predict_and_explain(batch)
+        for size in range(batch_size, 0, -1):  # the largest first: its buffers serve the rest
+            self.predict_and_explain(batch[:size])
         self.explain(batch, [0] * batch_size)
 
     def predict_and_explain(

@@ -300,3 +300,18 @@ def test_no_hook_or_memory_leak_over_many_batches() -> None:
         tracemalloc.stop()
     assert heap_growth < 200_000, f"Python heap grew by {heap_growth} B over 5 batches"
     assert all(p.grad is None for p in runner.model.parameters())
+
+
+def test_warm_up_runs_every_batch_size_down_to_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The node sees batches of any size up to model.batch_size: each is warmed once."""
+    runner = make_runner()
+    sizes: list[int] = []
+    original = runner.predict_and_explain
+
+    def recording(batch: np.ndarray, *args: object, **kwargs: object) -> object:
+        sizes.append(int(batch.shape[0]))
+        return original(batch, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(runner, "predict_and_explain", recording)
+    runner.warm_up(4)
+    assert sizes == [4, 3, 2, 1]
