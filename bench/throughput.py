@@ -33,7 +33,8 @@ from _node import children, start_destination, start_node  # noqa: E402
 
 
 def reference_rate(model: str, files: list[Path], batch_size: int, device: str) -> tuple[float, str]:
-    """Raw forward + Grad-CAM img/s on the prepared tensors of ``files``; (rate, device)."""
+    """Raw forward + Grad-CAM img/s on the prepared tensors of ``files``, at the fastest
+    batch of three passes; (rate, device)."""
     from pydicom import dcmread
 
     from dicomnode.inference.preprocess import dicom_to_input
@@ -44,10 +45,13 @@ def reference_rate(model: str, files: list[Path], batch_size: int, device: str) 
     prepared = np.stack([dicom_to_input(dcmread(p), runner.manifest.preprocessing) for p in files])
     batches = [prepared[i : i + batch_size] for i in range(0, len(prepared), batch_size)]
     runner.predict_and_explain(batches[0])  # warm-up
-    start = time.perf_counter()
-    for batch in batches:
-        runner.predict_and_explain(batch)
-    return len(prepared) / (time.perf_counter() - start), str(runner.device)
+    fastest = float("inf")
+    for _ in range(3):  # the model at its fastest batch (see bench/pipeline.py)
+        for batch in batches:
+            start = time.perf_counter()
+            runner.predict_and_explain(batch)
+            fastest = min(fastest, time.perf_counter() - start)
+    return batch_size / fastest, str(runner.device)
 
 
 def send_all(port: int, files: list[Path], associations: int) -> None:
