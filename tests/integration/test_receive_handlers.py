@@ -286,9 +286,13 @@ def test_logs_carry_uids_and_calling_ae_but_no_patient_data(
 def test_blocking_scp_stops_cleanly_on_sigint(data_dir: Path) -> None:
     port = free_port()
     code = f"""
+import signal
 import sys
 from pathlib import Path
 from typing import Any
+# A runner that started the tests in the background (no job control) leaves SIGINT
+# ignored, which Python then keeps: this test is about the SCP, not that inheritance.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from dicomnode.config import DicomSettings, StoreSettings
 from dicomnode.receiving.handlers import ReceiveContext
 from dicomnode.receiving.scp import start_scp
