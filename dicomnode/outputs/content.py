@@ -115,7 +115,7 @@ class Concept(Protocol):
     def scheme_version(self) -> str | None: ...
 
 
-def _code_elements(code: Concept) -> list[tuple[int, bytes]]:
+def _code_elements(code: Concept, encodings: tuple[str, ...]) -> list[tuple[int, bytes]]:
     value = str(code.value)
     if len(value) > 16:
         value_tag, value_vr = (
@@ -124,29 +124,34 @@ def _code_elements(code: Concept) -> list[tuple[int, bytes]]:
     else:
         value_tag, value_vr = _CODE_VALUE, "SH"
     elements = [
-        _text(value_tag, value_vr, value),
-        _text(_CODING_SCHEME_DESIGNATOR, "SH", str(code.scheme_designator)),
-        _text(_CODE_MEANING, "LO", str(code.meaning)),
+        _text(value_tag, value_vr, value, encodings),
+        _text(_CODING_SCHEME_DESIGNATOR, "SH", str(code.scheme_designator), encodings),
+        _text(_CODE_MEANING, "LO", str(code.meaning), encodings),
     ]
     if code.scheme_version:
-        elements.append(_text(_CODING_SCHEME_VERSION, "SH", str(code.scheme_version)))
+        elements.append(_text(_CODING_SCHEME_VERSION, "SH", str(code.scheme_version), encodings))
     return elements
 
 
-def _text(tag: int, vr: str, value: str, encodings: tuple[str, ...] = ("iso8859",)) -> tuple[int, bytes]:
+def _text(tag: int, vr: str, value: str, encodings: tuple[str, ...]) -> tuple[int, bytes]:
+    """A checked value of a VR whose text is in the document's character set."""
     validate_value(vr, value, pydicom_config.RAISE)
     return tag, _element(tag, vr, encode_string(value, list(encodings)))
 
 
 @lru_cache(maxsize=1024)
-def _code_sequence(tag: int, value: str, scheme: str, meaning: str, version: str | None) -> bytes:
-    """A one-item code sequence (PS3.3 Table 8.8-1a); codes are ASCII in every document."""
-    return _sequence(tag, [_item(_code_elements(Code(value, scheme, meaning, version)))])
+def _code_sequence(
+    tag: int, value: str, scheme: str, meaning: str, version: str | None, encodings: tuple[str, ...]
+) -> bytes:
+    return _sequence(tag, [_item(_code_elements(Code(value, scheme, meaning, version), encodings))])
 
 
-def code_sequence(tag: int, code: Concept) -> bytes:
-    """The encoded code sequence ``tag`` holding ``code`` (cached: codes repeat)."""
-    return _code_sequence(tag, str(code.value), str(code.scheme_designator), str(code.meaning), code.scheme_version)
+def code_sequence(tag: int, code: Concept, encodings: tuple[str, ...]) -> bytes:
+    """The one-item code sequence ``tag`` holding ``code`` (PS3.3 Table 8.8-1a), its text
+    in the document's ``encodings`` (a label's meaning may be any text); cached: codes repeat."""
+    return _code_sequence(
+        tag, str(code.value), str(code.scheme_designator), str(code.meaning), code.scheme_version, encodings
+    )
 
 
 class ContentWriter:
@@ -173,7 +178,7 @@ class ContentWriter:
         return [
             _ascii(_RELATIONSHIP_TYPE, "CS", str(getattr(relationship, "value", relationship))),
             _ascii(_VALUE_TYPE, "CS", value_type),
-            (_CONCEPT_NAME_CODE_SEQUENCE, code_sequence(_CONCEPT_NAME_CODE_SEQUENCE, name)),
+            (_CONCEPT_NAME_CODE_SEQUENCE, code_sequence(_CONCEPT_NAME_CODE_SEQUENCE, name, self._encodings)),
         ]
 
     @staticmethod
@@ -185,7 +190,7 @@ class ContentWriter:
     def code(self, relationship: object, name: Concept, value: Concept, children: Sequence[bytes] = ()) -> bytes:
         """A CODE item: ``name`` = ``value``."""
         elements = self._head(relationship, "CODE", name)
-        elements.append((_CONCEPT_CODE_SEQUENCE, code_sequence(_CONCEPT_CODE_SEQUENCE, value)))
+        elements.append((_CONCEPT_CODE_SEQUENCE, code_sequence(_CONCEPT_CODE_SEQUENCE, value, self._encodings)))
         return self._children(elements, children)
 
     def text(self, relationship: object, name: Concept, value: str, children: Sequence[bytes] = ()) -> bytes:
@@ -209,7 +214,7 @@ class ContentWriter:
         if not isinstance(value, (int, float)):
             raise TypeError(f"a NUM value must be an int or a float, not {type(value).__name__}")
         measured = [
-            (_MEASUREMENT_UNITS_CODE_SEQUENCE, code_sequence(_MEASUREMENT_UNITS_CODE_SEQUENCE, unit)),
+            (_MEASUREMENT_UNITS_CODE_SEQUENCE, code_sequence(_MEASUREMENT_UNITS_CODE_SEQUENCE, unit, self._encodings)),
             _ascii(_NUMERIC_VALUE, "DS", str(DS(value, auto_format=True))),
         ]
         if isinstance(value, float):

@@ -135,6 +135,15 @@ def test_text_outside_latin1_in_utf8() -> None:
     assert _writer_bytes(ours, "ISO_IR 192") == _highdicom_bytes(reference, "ISO_IR 192")
 
 
+def test_code_meaning_outside_ascii_is_in_the_documents_character_set() -> None:
+    """A label's meaning is any text: its code is encoded in the document's charset, not Latin-1."""
+    label = Code("ÉPANCHEMENT", "99DCMNODE", "Épanchement pleural")
+    for charset in (None, "ISO_IR 192"):
+        reference = CodeContentItem(name=label, value=codes.PRESENT, relationship_type=CONTAINS)
+        ours = ContentWriter(charset).code(CONTAINS, label, codes.PRESENT)
+        assert _writer_bytes(ours, charset) == _highdicom_bytes(reference, charset)
+
+
 def test_encoded_tree_reads_back_with_pydicom() -> None:
     writer = ContentWriter(None)
     item = writer.image(CONTAINS, dcm.DCM.SourceOfMeasurement, SOP_CLASS, SOP_INSTANCE)
