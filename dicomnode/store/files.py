@@ -132,45 +132,6 @@ def part10_dataset(raw: bytes) -> bytes | None:
     return raw[144 + group_length :]
 
 
-class UidLocks:
-    """Striped per-UID locks, within this process (threads) and across processes
-    (``flock`` on one of ``stripes`` lock files in a folder), so that check-duplicate
-    -> write -> record is atomic per SOP Instance UID for every receiver on one data folder.
-
-    Args:
-        lock_dir: folder of the lock files (created on first use).
-        stripes: number of stripes; UIDs hash (crc32) onto them.
-    """
-
-    def __init__(self, lock_dir: Path, stripes: int = LOCK_STRIPES) -> None:
-        self.lock_dir = lock_dir
-        self._locks = tuple(threading.Lock() for _ in range(stripes))
-
-    def _stripe(self, uid: str) -> int:
-        return zlib.crc32(uid.encode("ascii", "replace")) % len(self._locks)
-
-    def for_uid(self, uid: str) -> threading.Lock:
-        """The in-process lock of ``uid``'s stripe."""
-        return self._locks[self._stripe(uid)]
-
-    @contextmanager
-    def hold(self, uid: str) -> Iterator[None]:
-        """Hold ``uid``'s stripe in this process and across processes.
-
-        Raises:
-            OSError: the lock file cannot be created or locked (disk full, read-only).
-        """
-        stripe = self._stripe(uid)
-        with self._locks[stripe]:
-            self.lock_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.lock_dir / f"{stripe:02d}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                yield
-            finally:
-                os.close(fd)  # releases the flock
-
-
 class FolderLock:
     """One lock held in this process (threads) and across processes (``flock`` on a
     file): waiters sleep in the kernel and wake as soon as it is released.
@@ -181,7 +142,7 @@ class FolderLock:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._lock = threading.Lock()
+        self.thread_lock = threading.Lock()
 
     @contextmanager
     def hold(self) -> Iterator[None]:
@@ -190,7 +151,7 @@ class FolderLock:
         Raises:
             OSError: the lock file cannot be created or locked (disk full, read-only).
         """
-        with self._lock:
+        with self.thread_lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
             try:
@@ -198,6 +159,36 @@ class FolderLock:
                 yield
             finally:
                 os.close(fd)  # releases the flock
+
+
+class UidLocks:
+    """Striped per-UID locks, within this process (threads) and across processes
+    (one :class:`FolderLock` per stripe file in a folder), so that check-duplicate
+    -> write -> record is atomic per SOP Instance UID for every receiver on one data folder.
+
+    Args:
+        lock_dir: folder of the lock files (created on first use).
+        stripes: number of stripes; UIDs hash (crc32) onto them.
+    """
+
+    def __init__(self, lock_dir: Path, stripes: int = LOCK_STRIPES) -> None:
+        self.lock_dir = lock_dir
+        self._stripes = tuple(FolderLock(lock_dir / f"{stripe:02d}.lock") for stripe in range(stripes))
+
+    def _stripe(self, uid: str) -> FolderLock:
+        return self._stripes[zlib.crc32(uid.encode("ascii", "replace")) % len(self._stripes)]
+
+    def for_uid(self, uid: str) -> threading.Lock:
+        """The in-process lock of ``uid``'s stripe."""
+        return self._stripe(uid).thread_lock
+
+    def hold(self, uid: str) -> AbstractContextManager[None]:
+        """Hold ``uid``'s stripe in this process and across processes.
+
+        Raises:
+            OSError: the lock file cannot be created or locked (disk full, read-only).
+        """
+        return self._stripe(uid).hold()
 
 
 def check_data_dir(path: Path, *, create: bool = False, write: bool = True) -> bool:
