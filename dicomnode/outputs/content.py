@@ -33,6 +33,8 @@ from pydicom.sr.coding import Code
 from pydicom.tag import Tag
 from pydicom.valuerep import DS, validate_value
 
+from dicomnode.explicit_vr import element, header
+
 __all__ = ["Concept", "ContentWriter", "code_sequence", "content_sequence_element"]
 
 # Tags (PS3.6), in the order an item lists them.
@@ -61,33 +63,13 @@ _CONTENT_TEMPLATE_SEQUENCE = 0x0040A504
 _CONTENT_SEQUENCE = 0x0040A730
 _TEMPLATE_IDENTIFIER = 0x0040DB00
 
-#: VRs whose explicit-VR header has a 4-byte length (PS3.5 7.1.2).
-_LONG_LENGTH_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
-#: VRs padded with NUL rather than a space.
-_NUL_PADDED_VRS = frozenset({"UI", "OB", "UN"})
 _ITEM = b"\xfe\xff\x00\xe0"
-
-
-def _header(tag: int, vr: str, length: int) -> bytes:
-    """Tag, VR and length of one Explicit VR Little Endian element."""
-    if vr in _LONG_LENGTH_VRS:
-        return struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, vr.encode("ascii"), 0, length)
-    if length > 0xFFFF:
-        raise ValueError(f"a {vr} value of {length} bytes does not fit its 16-bit length")
-    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode("ascii"), length)
-
-
-def _element(tag: int, vr: str, value: bytes) -> bytes:
-    """One element: the value padded to an even length."""
-    if len(value) % 2:
-        value += b"\x00" if vr in _NUL_PADDED_VRS else b" "
-    return _header(tag, vr, len(value)) + value
 
 
 def _sequence(tag: int, items: Iterable[bytes]) -> bytes:
     """A sequence element of encoded items (each made by :func:`_item`), defined length."""
     body = b"".join(items)
-    return _header(tag, "SQ", len(body)) + body
+    return header(tag, "SQ", len(body)) + body
 
 
 def _item(elements: Iterable[tuple[int, bytes]]) -> bytes:
@@ -99,7 +81,7 @@ def _item(elements: Iterable[tuple[int, bytes]]) -> bytes:
 def _ascii(tag: int, vr: str, value: str) -> tuple[int, bytes]:
     """A checked value of a VR whose repertoire is ASCII (CS, UI, DS, ...)."""
     validate_value(vr, value, pydicom_config.RAISE)
-    return tag, _element(tag, vr, value.encode("ascii"))
+    return tag, element(tag, vr, value.encode("ascii"))
 
 
 class Concept(Protocol):
@@ -136,7 +118,7 @@ def _code_elements(code: Concept, encodings: tuple[str, ...]) -> list[tuple[int,
 def _text(tag: int, vr: str, value: str, encodings: tuple[str, ...]) -> tuple[int, bytes]:
     """A checked value of a VR whose text is in the document's character set."""
     validate_value(vr, value, pydicom_config.RAISE)
-    return tag, _element(tag, vr, encode_string(value, list(encodings)))
+    return tag, element(tag, vr, encode_string(value, list(encodings)))
 
 
 @lru_cache(maxsize=1024)
@@ -218,7 +200,7 @@ class ContentWriter:
             _ascii(_NUMERIC_VALUE, "DS", str(DS(value, auto_format=True))),
         ]
         if isinstance(value, float):
-            measured.append((_FLOATING_POINT_VALUE, _element(_FLOATING_POINT_VALUE, "FD", struct.pack("<d", value))))
+            measured.append((_FLOATING_POINT_VALUE, element(_FLOATING_POINT_VALUE, "FD", struct.pack("<d", value))))
         elements = self._head(relationship, "NUM", name)
         elements.append((_MEASURED_VALUE_SEQUENCE, _sequence(_MEASURED_VALUE_SEQUENCE, [_item(measured)])))
         return _item(elements)

@@ -8,9 +8,9 @@ so no UID (however hostile) can choose where a file lands:
     <data_dir>/locks/NN.lock                    per-UID lock stripes shared by receivers
     <data_dir>/locks/database-writers.lock      queue of the receivers' SQLite commits
 
-A received instance is stored as a Part-10 file built by :func:`part10_parts`: the
-128-byte preamble, ``DICM``, a File Meta header, then the data set bytes exactly as
-received (never re-encoded). :meth:`FileStore.lock_instance` makes check-write-record
+A received instance is stored as a Part-10 file: the 128-byte preamble, ``DICM``, a File
+Meta header (:func:`part10_header`), then the data set bytes exactly as received (never
+re-encoded). :meth:`FileStore.lock_instance` makes check-write-record
 atomic per SOP Instance UID for every process on one data folder.
 """
 
@@ -33,6 +33,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
 
 from dicomnode.errors import StorageError
+from dicomnode.explicit_vr import element
 
 #: Folder of the data folder that holds produced SC / SR objects.
 RESULTS_AREA = "results"
@@ -94,26 +95,15 @@ def part10_header(
     Returns:
         The bytes that precede the data set in the Part-10 file.
     """
-    elements = (
-        _short_element(0x0002, "UI", _padded(sop_class_uid, b"\0"))
-        + _short_element(0x0003, "UI", _padded(sop_instance_uid, b"\0"))
-        + _short_element(0x0010, "UI", _padded(transfer_syntax_uid, b"\0"))
-        + _short_element(0x0012, "UI", _padded(implementation_class_uid, b"\0"))
-        + _short_element(0x0013, "SH", _padded(implementation_version_name, b" "))
-    )
-    version = struct.pack("<HH2sHL", 0x0002, 0x0001, b"OB", 0, 2) + b"\x00\x01"
-    group = version + elements
-    return PART10_PREAMBLE + struct.pack("<HH2sHL", 0x0002, 0x0000, b"UL", 4, len(group)) + group
-
-
-def _padded(value: str, pad: bytes) -> bytes:
-    raw = value.encode("ascii")
-    return raw + pad if len(raw) % 2 else raw
-
-
-def _short_element(element: int, vr: str, value: bytes) -> bytes:
-    """A group 0002 element with a 2-byte length (explicit VR little endian)."""
-    return struct.pack("<HH2sH", 0x0002, element, vr.encode("ascii"), len(value)) + value
+    group = b"".join((
+        element(0x00020001, "OB", b"\x00\x01"),  # File Meta Information Version
+        element(0x00020002, "UI", sop_class_uid.encode("ascii")),
+        element(0x00020003, "UI", sop_instance_uid.encode("ascii")),
+        element(0x00020010, "UI", transfer_syntax_uid.encode("ascii")),
+        element(0x00020012, "UI", implementation_class_uid.encode("ascii")),
+        element(0x00020013, "SH", implementation_version_name.encode("ascii")),
+    ))  # fmt: skip
+    return PART10_PREAMBLE + element(0x00020000, "UL", struct.pack("<L", len(group))) + group
 
 
 def part10_dataset(raw: bytes) -> bytes | None:
