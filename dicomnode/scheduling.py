@@ -271,7 +271,6 @@ class NodeWorker:
         return send_files(self.destination, self.calling_ae_title, paths)
 
     def _send_due(self, report: TickReport) -> None:
-
         if not self.destination.enabled:
             return
         with self.sessions.begin() as session:

@@ -188,6 +188,15 @@ PROCESSING_EQUIPMENT = Code("109102", "DCM", "Processing Equipment")
 #: Observer type of the SR's device observer, PS3.16 CID 270.
 DEVICE_OBSERVER = Code("121007", "DCM", "Device")
 
+#: Language of the SR's content (TID 1204), highdicom's default: RFC 5646 en-US.
+LANGUAGE_EN_US = Code("en-US", "RFC5646", "English (United States)")
+
+#: Unit of the Image Library's Rows / Columns descriptors (TID 1602): UCUM pixels.
+PIXELS_UNIT = Code("{pixels}", "UCUM", "Pixels")
+
+#: Concept name of an Image Library entry (TID 1601), SCT 260753009 "Source".
+IMAGE_LIBRARY_SOURCE = Code("260753009", "SCT", "Source")
+
 #: Concept name of the SR reference to a heatmap SC, PS3.16 CID 7003.
 BEST_ILLUSTRATION_OF_FINDING = Code("121080", "DCM", "Best illustration of finding")
 

@@ -106,10 +106,6 @@ HAS_PROPERTIES = "HAS PROPERTIES"
 HAS_CONCEPT_MOD = "HAS CONCEPT MOD"
 HAS_OBS_CONTEXT = "HAS OBS CONTEXT"
 HAS_ACQ_CONTEXT = "HAS ACQ CONTEXT"
-_CONTENT_SEQUENCE = 0x0040A730
-_ENGLISH_US = Code("en-US", "RFC5646", "English (United States)")  # highdicom's DEFAULT_LANGUAGE
-_PIXELS = Code("{pixels}", "UCUM", "Pixels")
-_SOURCE = Code("260753009", "SCT", "Source")  # TID 1601 "Source" image entry
 _DICOM_MODALITY_MEANINGS = {
     "CR": "Computed Radiography",
     "DX": "Digital Radiography",
@@ -297,7 +293,8 @@ def build_findings_sr(
     # Say the document is already in the encoding it is written in, as dcmread does (with
     # the same private property), so that pydicom writes the raw tree as is.
     sr.set_original_encoding(False, True, sr._character_set)
-    sr[_CONTENT_SEQUENCE] = content_sequence_element(tree)
+    content = content_sequence_element(tree)
+    sr[content.tag] = content
     logger.debug(
         "built findings SR %s for study %s: %d image(s), %d assessed, predecessor %s",
         sop_instance_uid,
@@ -386,7 +383,7 @@ def _report_context(writer: ContentWriter, identity: ModelIdentity, settings: Ou
     """TID 1500 rows 2-4: language (TID 1204), the model as device observer (TID 1002/1004),
     procedure reported."""
     return [
-        writer.code(HAS_CONCEPT_MOD, dcm.DCM.LanguageOfContentItemAndDescendants, _ENGLISH_US),
+        writer.code(HAS_CONCEPT_MOD, dcm.DCM.LanguageOfContentItemAndDescendants, codes.LANGUAGE_EN_US),
         writer.code(HAS_OBS_CONTEXT, dcm.DCM.ObserverType, codes.DEVICE_OBSERVER),
         writer.uidref(HAS_OBS_CONTEXT, dcm.DCM.DeviceObserverUID, device_observer_uid(identity)),
         writer.text(HAS_OBS_CONTEXT, dcm.DCM.DeviceObserverName, identity.name),
@@ -510,7 +507,7 @@ def _image_library(writer: ContentWriter, images: Sequence[Dataset]) -> bytes:
         ]  # fmt: skip
         for keyword, concept in (("Rows", dcm.DCM.PixelDataRows), ("Columns", dcm.DCM.PixelDataColumns)):
             if image.get(keyword):
-                descriptors.append(writer.num(HAS_ACQ_CONTEXT, concept, int(image[keyword].value), _PIXELS))
+                descriptors.append(writer.num(HAS_ACQ_CONTEXT, concept, int(image[keyword].value), codes.PIXELS_UNIT))
         orientation = image.get("PatientOrientation")
         if orientation is not None and not isinstance(orientation, str) and len(orientation) == 2:
             for value, concept in zip(orientation, (dcm.DCM.PatientOrientationRow, dcm.DCM.PatientOrientationColumn)):
@@ -523,7 +520,7 @@ def _image_library(writer: ContentWriter, images: Sequence[Dataset]) -> bytes:
             ):
                 descriptors.append(writer.num(HAS_ACQ_CONTEXT, concept, float(value), dcm.UCUM.Millimeter))
         entries.append(
-            writer.image(CONTAINS, _SOURCE, str(image.SOPClassUID), str(image.SOPInstanceUID), descriptors)
+            writer.image(CONTAINS, codes.IMAGE_LIBRARY_SOURCE, str(image.SOPClassUID), str(image.SOPInstanceUID), descriptors)
         )
     group = writer.container(CONTAINS, dcm.DCM.ImageLibraryGroup, entries)
     return writer.container(CONTAINS, dcm.DCM.ImageLibrary, [group])

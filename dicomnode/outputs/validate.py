@@ -35,7 +35,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.tag import BaseTag
+from pydicom.tag import BaseTag, Tag
 from pydicom.uid import (
     UID,
     Comprehensive3DSRStorage,
@@ -52,7 +52,7 @@ __all__ = ["drop_invalid_elements", "validate_result"]
 
 logger = logging.getLogger(__name__)
 
-_CONTENT_SEQUENCE = 0x0040A730
+_CONTENT_SEQUENCE: int = Tag("ContentSequence")
 _SR_CLASSES = frozenset({ComprehensiveSRStorage, Comprehensive3DSRStorage, EnhancedSRStorage})
 _STRING_VRS = frozenset(
     {
