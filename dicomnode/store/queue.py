@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Table, bindparam, exists, func, insert, select, update
+from sqlalchemy import Select, Table, bindparam, exists, func, insert, select, update
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.util import identity_key
 
@@ -79,12 +80,17 @@ def instance_exists(session: Session, sop_instance_uid: str) -> bool:
 
 def open_job(session: Session, study_instance_uid: str) -> Job | None:
     """The study's newest job still waiting to be claimed (RECEIVED or READY), if any."""
-    return session.scalars(
-        select(Job)
-        .where(Job.study_instance_uid == study_instance_uid, Job.state.in_(_OPEN_STATES))
+    return session.scalars(_newest_open_job(Job), {"uid": study_instance_uid}).first()
+
+
+def _newest_open_job(*columns: Any) -> Select[Any]:
+    """``SELECT columns`` of the newest RECEIVED or READY job of study ``:uid``."""
+    return (
+        select(*columns)
+        .where(Job.study_instance_uid == bindparam("uid"), Job.state.in_(_OPEN_STATES))
         .order_by(Job.id.desc())
         .limit(1)
-    ).first()
+    )
 
 
 _STUDY: Table = Study.__table__  # type: ignore[assignment]  # a Table at run time
@@ -104,12 +110,7 @@ _NEW_STUDY = insert(_STUDY).values(
     first_received_at=bindparam("now"),
     last_received_at=bindparam("now"),
 )
-_OPEN_JOB_ID = (
-    select(_JOB.c.id)
-    .where(_JOB.c.study_instance_uid == bindparam("uid"), _JOB.c.state.in_(_OPEN_STATES))
-    .order_by(_JOB.c.id.desc())
-    .limit(1)
-)
+_OPEN_JOB_ID = _newest_open_job(_JOB.c.id)
 _TOUCH_JOB = (
     update(_JOB)
     .where(_JOB.c.id == bindparam("job_id"))
